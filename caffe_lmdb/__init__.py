@@ -1,0 +1,44 @@
+"""caffe_lmdb: read and write Caffe's LMDB datasets of Datum records.
+
+The codec (arrays and images to and from Datum bytes) is byte-identical to Caffe's C++ tools;
+see the README for the converters and readers.
+"""
+from .codec import (
+    BlobProto,
+    BlobProtoVector,
+    BlobShape,
+    Datum,
+    array_to_blobproto,
+    array_to_datum,
+    arraylist_to_blobprotovector_str,
+    blobproto_to_array,
+    blobprotovector_str_to_arraylist,
+    datum_bytes,
+    datum_to_array,
+    decode,
+    decode_batch,
+    encode_image,
+    image_to_datum,
+)
+from .errors import (
+    CaffeLMDBError,
+    DatumDecodeError,
+    ImageReadError,
+    ListFileError,
+    NotADatumDBError,
+    OutputExistsError,
+    ShapeMismatchError,
+)
+from .mean import read_mean, write_mean
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlobProto", "BlobProtoVector", "BlobShape", "Datum",
+    "array_to_blobproto", "array_to_datum", "arraylist_to_blobprotovector_str",
+    "blobproto_to_array", "blobprotovector_str_to_arraylist", "datum_bytes", "datum_to_array",
+    "decode", "decode_batch", "encode_image", "image_to_datum",
+    "read_mean", "write_mean",
+    "CaffeLMDBError", "DatumDecodeError", "ImageReadError", "ListFileError",
+    "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
+]

@@ -1,0 +1,44 @@
+"""The ``caffe-lmdb`` command: a thin layer over the Python API.
+
+Each group of subcommands lives in its own module with a ``register(subparsers)`` function that
+adds its parsers and sets ``func`` (a function of the parsed arguments returning an exit code).
+"""
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import CaffeLMDBError
+from . import mean as _mean
+
+GROUPS = [_mean]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="caffe-lmdb",
+        description="Read and write Caffe's LMDB datasets (Datum records).")
+    parser.add_argument("--version", action="version", version=f"caffe-lmdb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except CaffeLMDBError as exc:
+        print(f"caffe-lmdb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("caffe-lmdb: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

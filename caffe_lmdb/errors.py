@@ -1,0 +1,72 @@
+"""The exceptions caffe_lmdb raises.
+
+Every error the tool raises on purpose derives from :class:`CaffeLMDBError`, and also from the
+built-in type a Python user would expect (``ValueError`` for bad data, ``OSError`` for files), so
+``except ValueError`` keeps working. Messages name the file, line or key at fault, and the fix.
+"""
+
+
+class CaffeLMDBError(Exception):
+    """Root of every error raised by caffe_lmdb."""
+
+
+class DatumDecodeError(CaffeLMDBError, ValueError):
+    """Bytes that are not a valid Datum record, or a record whose fields disagree.
+
+    ``key`` is the LMDB key of the record when known.
+    """
+
+    def __init__(self, message, key=None):
+        self.key = key
+        if key is not None:
+            message = f"record {_show_key(key)}: {message}"
+        super().__init__(message)
+
+
+class ShapeMismatchError(CaffeLMDBError, ValueError):
+    """Records that must share one shape (a batch, a mean, a feature array) do not."""
+
+
+class ImageReadError(CaffeLMDBError, OSError):
+    """An image file that is missing or that OpenCV cannot decode."""
+
+    def __init__(self, message, path=None):
+        self.path = path
+        super().__init__(message)
+
+
+class ListFileError(CaffeLMDBError, ValueError):
+    """A line of a Caffe list file (``path label``) that cannot be parsed."""
+
+    def __init__(self, message, path=None, lineno=None):
+        self.path = path
+        self.lineno = lineno
+        if path is not None and lineno is not None:
+            message = f"{path}:{lineno}: {message}"
+        super().__init__(message)
+
+
+class SourceFormatError(CaffeLMDBError, ValueError):
+    """An input dataset file (MNIST idx, CIFAR batch, ...) that is not in the expected format."""
+
+
+class OutputExistsError(CaffeLMDBError, FileExistsError):
+    """The output database already exists and neither overwrite nor resume was asked for."""
+
+
+class KeyTooLongError(CaffeLMDBError, ValueError):
+    """A key longer than LMDB's limit (511 bytes by default)."""
+
+
+class NotADatumDBError(CaffeLMDBError, ValueError):
+    """A path that is not an LMDB of Datum records (a missing folder, a data.mdb file, ...)."""
+
+
+def _show_key(key):
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        key = bytes(key)
+        try:
+            return repr(key.decode("utf-8"))
+        except UnicodeDecodeError:
+            return repr(key)
+    return repr(key)

@@ -1,0 +1,64 @@
+"""The key schemes of Caffe's tools, and checks on key order.
+
+LMDB sorts keys as bytes and Caffe reads them in that order, so a record's position is its
+key's rank. Zero-padded decimal keys keep record i at position i; unpadded ones ("0", "1",
+"10", "100", ...) do not.
+"""
+import re
+
+#: LMDB's default maximum key size in bytes (mdb_env_get_maxkeysize).
+MAX_KEY_BYTES = 511
+
+_DIGITS = re.compile(rb"^(\d+)(.*)$", re.S)
+
+
+def imageset_key(line_index, path):
+    """convert_imageset's key: ``%08d`` of the list-file line index, ``_``, the path as listed."""
+    return b"%08d_" % line_index + path.encode("utf-8")
+
+
+def index_key(index, width=8):
+    """A zero-padded index key: ``%08d`` (MNIST, arrays), ``%05d`` (CIFAR), ``%010d`` (features)."""
+    return b"%0*d" % (width, index)
+
+
+def key_index(key):
+    """The leading decimal number of a key (``b"00000042_cat.jpg"`` -> 42), or None."""
+    m = _DIGITS.match(bytes(key))
+    return int(m.group(1)) if m else None
+
+
+def describe_pattern(keys):
+    """A short printf-like description of a sample of keys, e.g. ``%08d_<path>`` or ``%010d``."""
+    patterns = set()
+    for key in keys:
+        m = _DIGITS.match(bytes(key))
+        if not m:
+            patterns.add("<other>")
+            continue
+        digits, rest = m.groups()
+        width = len(digits)
+        padded = width > 1 and digits.startswith(b"0")
+        num = f"%0{width}d" if padded or width >= 5 else "%d"
+        if rest.startswith(b"_"):
+            patterns.add(num + "_<path>")
+        elif rest:
+            patterns.add(num + "<suffix>")
+        else:
+            patterns.add(num)
+    return ", ".join(sorted(patterns)) if patterns else "<empty>"
+
+
+def unpadded_numeric(keys):
+    """True when the keys are plain decimal numbers whose byte order differs from numeric order.
+
+    That is the classic bug of writers that use ``str(i)`` keys: the DB reads back as
+    0, 1, 10, 100, ... and images and labels go out of step with any list kept beside it.
+    """
+    nums = []
+    for key in keys:
+        key = bytes(key)
+        if not key.isdigit():
+            return False
+        nums.append(int(key))
+    return any(a > b for a, b in zip(nums, nums[1:]))
