@@ -23,6 +23,7 @@ from .codec import (
 from .errors import (
     CaffeLMDBError,
     DatumDecodeError,
+    EncodeError,
     ImageReadError,
     ListFileError,
     NotADatumDBError,
@@ -39,6 +40,6 @@ __all__ = [
     "blobproto_to_array", "blobprotovector_str_to_arraylist", "datum_bytes", "datum_to_array",
     "decode", "decode_batch", "encode_image", "image_to_datum",
     "read_mean", "write_mean",
-    "CaffeLMDBError", "DatumDecodeError", "ImageReadError", "ListFileError",
+    "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import datum_pb2
-from .errors import DatumDecodeError, ImageReadError
+from .errors import DatumDecodeError, EncodeError, ImageReadError
 
 Datum = datum_pb2.Datum
 BlobShape = datum_pb2.BlobShape
@@ -237,16 +237,20 @@ def encode_image(path_or_bytes, label, resize=None, gray=False, encode=None):
     ext = _ext_of(name) if name is not None else _sniff(blob)
     encode_type = ext if encode is True else str(encode).lower().lstrip(".")
     if encode_type is None:
-        raise ImageReadError("encode=True needs a file name (or a known image format) to pick "
-                             "the encoding; pass encode='jpg' or 'png'", name)
+        raise EncodeError("encode=True needs a file name (or a known image format) to pick "
+                          "the encoding; pass encode='jpg' or 'png'")
     if (_resize_to(resize) is None and not gray and ext is not None
             and _ext_matches(ext, encode_type)):
         payload = blob
     else:
-        ok, buf = _cv2().imencode("." + encode_type, img)
+        cv2 = _cv2()
+        try:
+            ok, buf = cv2.imencode("." + encode_type, img)
+        except cv2.error:
+            ok = False
         if not ok:
-            raise ImageReadError(f"OpenCV could not encode {name or 'image'} as {encode_type!r}",
-                                 name)
+            raise EncodeError(f"OpenCV could not encode {name or 'image'} as {encode_type!r} "
+                              "(use an image type OpenCV writes, e.g. jpg or png)")
         payload = buf.tobytes()
     return datum_bytes(data=payload, label=label, encoded=True)
 
@@ -624,8 +628,8 @@ def _decode_uniform(buffers, first, f0, out, labels_out):
     labels = [t for t in tail if t[0] == 5]
     if labels:
         labels_out[...] = _varint_column(block, labels[-1][2], labels[-1][3])
-    else:
-        labels_out[...] = 0
+    else:  # no label after the payload: every record has the label of the shared head
+        labels_out[...] = f0.label
     return True
 
 

@@ -62,6 +62,22 @@ class NotADatumDBError(CaffeLMDBError, ValueError):
     """A path that is not an LMDB of Datum records (a missing folder, a data.mdb file, ...)."""
 
 
+class OutputPathError(CaffeLMDBError, ValueError):
+    """An output path that cannot hold a new LMDB: a file, or a folder inside an existing LMDB."""
+
+
+class DuplicateKeyError(CaffeLMDBError, ValueError):
+    """A key written twice to one database (the first value is kept)."""
+
+
+class ResumeError(CaffeLMDBError, ValueError):
+    """A conversion that cannot be resumed: no saved state, or different inputs or options."""
+
+
+class WorkerError(CaffeLMDBError, RuntimeError):
+    """A worker died or timed out while processing an item, and the caller asked to stop."""
+
+
 def _show_key(key):
     if isinstance(key, (bytes, bytearray, memoryview)):
         key = bytes(key)
@@ -70,3 +86,10 @@ def _show_key(key):
         except UnicodeDecodeError:
             return repr(key)
     return repr(key)
+
+
+class EncodeError(CaffeLMDBError, ValueError):
+    """An image that cannot be encoded as asked (e.g. an encode type OpenCV does not write).
+
+    A setting error, not a bad input file: converters stop on it rather than skip the image.
+    """

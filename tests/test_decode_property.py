@@ -1,0 +1,291 @@
+"""Property tests: the hand-written Datum parser agrees with the generated protobuf class.
+
+For every input (valid records, records with unknown fields, repeated fields, packed floats,
+mutated, truncated and random bytes) either both paths reject it (protobuf's DecodeError, ours
+DatumDecodeError), or both give the same fields, the same array and the same label.
+"""
+import os
+import struct
+
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from caffe_lmdb import codec
+from caffe_lmdb.codec import Datum, datum_bytes, decode, decode_batch, parse_datum
+from caffe_lmdb.errors import DatumDecodeError
+
+# CAFFE_LMDB_FUZZ_EXAMPLES raises the count for a long run (scripts or by hand).
+SETTINGS = settings(max_examples=int(os.environ.get("CAFFE_LMDB_FUZZ_EXAMPLES", "400")),
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def reference(buf, color=None):
+    """The plain protobuf path, with the same rules as decode (pycaffe's datum_to_array, plus
+    encoded records decoded by OpenCV)."""
+    datum = Datum()
+    try:
+        datum.ParseFromString(bytes(buf))
+    except DecodeError as exc:
+        raise DatumDecodeError(str(exc)) from exc
+    if datum.encoded:
+        import cv2
+
+        if not datum.data:
+            raise DatumDecodeError("encoded record has no data")
+        flag = cv2.IMREAD_UNCHANGED if color is None else (
+            cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
+        if img is None:
+            raise DatumDecodeError("undecodable image")
+        return (img[None] if img.ndim == 2 else img.transpose(2, 0, 1)), datum.label
+    shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:
+        raise DatumDecodeError("negative shape")
+    if datum.data:
+        arr = np.frombuffer(datum.data, np.uint8)
+    else:
+        arr = np.array(datum.float_data, np.float32)
+    if arr.size != shape[0] * shape[1] * shape[2]:
+        raise DatumDecodeError("size mismatch")
+    return arr.reshape(shape), datum.label
+
+
+def fields_of(buf):
+    """The fields protobuf parses, in the form parse_datum reports them."""
+    datum = Datum()
+    datum.ParseFromString(bytes(buf))
+    return dict(channels=datum.channels, height=datum.height, width=datum.width,
+                label=datum.label, has_label=datum.HasField("label"),
+                encoded=datum.encoded, has_encoded=datum.HasField("encoded"),
+                data=bytes(datum.data) if datum.HasField("data") else None,
+                floats=np.array(datum.float_data, np.float32).tobytes())
+
+
+def our_fields(buf):
+    f = parse_datum(buf)
+    data = None if f.data is None else bytes(buf[f.data[0]:f.data[0] + f.data[1]])
+    floats = codec._gather_floats(buf, f.floats, f.float_count).tobytes()
+    return dict(channels=f.channels, height=f.height, width=f.width, label=f.label,
+                has_label=f.has_label, encoded=f.encoded, has_encoded=f.has_encoded,
+                data=data, floats=floats)
+
+
+def check_agrees(buf):
+    for view in (buf, memoryview(buf)):
+        try:
+            expected_fields = fields_of(view)
+        except DecodeError:
+            with pytest.raises(DatumDecodeError):
+                parse_datum(view)
+            with pytest.raises(DatumDecodeError):
+                decode(view)
+            continue
+        assert our_fields(view) == expected_fields
+        try:
+            want = reference(view)
+        except DatumDecodeError:
+            with pytest.raises(DatumDecodeError):
+                decode(view)
+            continue
+        got_arr, got_label = decode(view)
+        assert got_label == want[1]
+        assert got_arr.shape == want[0].shape
+        assert got_arr.dtype == want[0].dtype
+        assert got_arr.tobytes() == want[0].tobytes()
+
+
+# --- strategies -----------------------------------------------------------------------------
+
+int32s = st.integers(-(1 << 31), (1 << 31) - 1)
+small_dims = st.integers(0, 5)
+
+
+@st.composite
+def valid_datums(draw):
+    c, h, w = draw(small_dims), draw(small_dims), draw(small_dims)
+    kind = draw(st.sampled_from(["raw", "float", "empty", "mismatch"]))
+    label = draw(st.one_of(st.none(), int32s))
+    encoded = draw(st.sampled_from([None, False]))
+    n = c * h * w
+    if kind == "raw":
+        return datum_bytes(c, h, w, data=draw(st.binary(min_size=n, max_size=n)), label=label,
+                           encoded=encoded)
+    if kind == "float":
+        vals = draw(st.lists(st.floats(width=32, allow_nan=False), min_size=n, max_size=n))
+        return datum_bytes(c, h, w, label=label, float_data=np.array(vals, np.float32))
+    if kind == "mismatch":
+        return datum_bytes(c, h, w, data=draw(st.binary(max_size=8)), label=label)
+    return datum_bytes(label=label, encoded=encoded)
+
+
+def _varint(v):
+    return codec._varint(v & ((1 << 64) - 1))
+
+
+@st.composite
+def raw_fields(draw):
+    """Arbitrary field sequences: Datum's numbers and unknown ones, every wire type, odd
+    encodings (overlong varints, packed floats, groups)."""
+    out = b""
+    for _ in range(draw(st.integers(0, 6))):
+        field = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 15, 16, 1000]))
+        wire = draw(st.sampled_from([0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 7]))
+        tag = _varint((field << 3) | wire)
+        if wire == 0:
+            payload = _varint(draw(st.integers(-(1 << 63), (1 << 64) - 1)))
+        elif wire == 1:
+            payload = draw(st.binary(min_size=8, max_size=8))
+        elif wire == 5:
+            payload = draw(st.binary(min_size=4, max_size=4))
+        elif wire == 2:
+            body = draw(st.binary(max_size=24))
+            payload = _varint(len(body)) + body
+        elif wire == 3:
+            inner = draw(st.sampled_from([b"", b"\x08\x01", b"\x35abcd"]))
+            close = draw(st.sampled_from([field, field, field + 1]))
+            payload = inner + _varint((close << 3) | 4)
+        else:
+            payload = b""
+        out += tag + payload
+    return out
+
+
+def mutate(data, buf):
+    """Truncate, flip, insert or delete bytes of a valid record."""
+    buf = bytearray(buf)
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["truncate", "flip", "insert", "delete"]))
+        if not buf:
+            break
+        at = data.draw(st.integers(0, len(buf) - 1))
+        if op == "truncate":
+            del buf[at:]
+        elif op == "flip":
+            buf[at] ^= data.draw(st.integers(1, 255))
+        elif op == "insert":
+            buf[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        else:
+            del buf[at]
+    return bytes(buf)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(valid_datums())
+def test_valid_records_agree(buf):
+    check_agrees(buf)
+
+
+@SETTINGS
+@given(st.data(), valid_datums())
+def test_mutated_records_agree(data, buf):
+    check_agrees(mutate(data, buf))
+
+
+@SETTINGS
+@given(st.lists(st.one_of(valid_datums(), raw_fields()), min_size=1, max_size=3))
+def test_concatenated_records_and_odd_fields_agree(parts):
+    # protobuf merges concatenated messages (last scalar wins, repeated fields append)
+    check_agrees(b"".join(parts))
+
+
+@SETTINGS
+@given(st.binary(max_size=64))
+@example(b"\x35")                    # a float tag with no value
+@example(b"\x35\x00\x00\x80\x3f\x35\x00")  # a run of floats cut short
+@example(b"\x80" * 11)               # an overlong varint
+@example(b"\x0c")                    # end-group with no group
+@example(b"\x0b\x0c")                # an empty group
+@example(b"\x0b\x14")                # a group closed by the wrong field
+@example(b"\x32\x03abc")             # packed floats that are not whole floats
+@example(b"\x22\x05ab")              # data shorter than its length
+@example(b"\x08\xff\xff\xff\xff\x0f")  # channels = -1 (five-byte varint)
+def test_random_bytes_agree(buf):
+    check_agrees(buf)
+
+
+@SETTINGS
+@given(st.data())
+def test_header_cache_never_leaks_between_records(data):
+    """Records that share a header prefix with an earlier one parse independently."""
+    first = data.draw(valid_datums())
+    check_agrees(first)
+    second = data.draw(st.one_of(valid_datums(), st.just(mutate(data, first))))
+    check_agrees(second)
+
+
+@SETTINGS
+@given(st.lists(valid_datums(), min_size=1, max_size=6))
+def test_decode_batch_agrees_with_decode(bufs):
+    # the batch fails on the first record, in order, that fails alone or differs in shape
+    singles, failure = [], None
+    for buf in bufs:
+        try:
+            arr, label = decode(buf)
+        except DatumDecodeError:
+            failure = DatumDecodeError
+            break
+        if singles and arr.shape != singles[0][0].shape:
+            failure = ValueError
+            break
+        singles.append((arr.copy(), label))
+    if failure is not None:
+        with pytest.raises(failure):
+            decode_batch(bufs)
+        return
+    dtypes = {a.dtype for a, _ in singles}
+    out = None if len(dtypes) == 1 else np.empty((len(bufs),) + singles[0][0].shape, np.float32)
+    images, labels = decode_batch(bufs, out=out)
+    for i, (arr, label) in enumerate(singles):
+        assert np.array_equal(images[i], arr)
+        assert labels[i] == label
+
+
+@SETTINGS
+@given(st.lists(st.tuples(int32s, st.binary(min_size=12, max_size=12)), min_size=2, max_size=8),
+       st.sampled_from([None, False]))
+def test_vectorized_batch_labels(records, encoded):
+    """The vectorized path decodes multi-byte (negative, large) labels exactly."""
+    bufs = [datum_bytes(3, 2, 2, data=d, label=lab, encoded=encoded) for lab, d in records]
+    images, labels = decode_batch(bufs)
+    assert labels.tolist() == [lab for lab, _ in records]
+    assert images.reshape(len(records), -1).tobytes() == b"".join(d for _, d in records)
+
+
+@SETTINGS
+@given(st.integers(0, 7), st.integers(0, 7), st.integers(0, 7), st.one_of(st.none(), int32s),
+       st.sampled_from([None, False, True]), st.booleans())
+def test_datum_bytes_equals_protobuf(c, h, w, label, encoded, floats):
+    """The hand serializer writes exactly the bytes the protobuf class writes."""
+    n = c * h * w
+    datum = Datum(channels=c, height=h, width=w)
+    kwargs = {}
+    if floats:
+        vals = np.arange(n, dtype=np.float32) / 3
+        datum.float_data.extend(vals)
+        kwargs["float_data"] = vals
+    else:
+        data = bytes(i % 251 for i in range(n))
+        datum.data = data
+        kwargs["data"] = data
+    if label is not None:
+        datum.label = label
+    if encoded is not None:
+        datum.encoded = encoded
+    assert datum_bytes(c, h, w, label=label, encoded=encoded, **kwargs) \
+        == datum.SerializeToString()
+
+
+def test_unpacked_float_run_stops_at_a_non_float_tag():
+    vals = np.linspace(-1, 1, 20).astype(np.float32)
+    buf = datum_bytes(20, 1, 1, float_data=vals) + b"\x28\x05" + struct.pack("<Bf", 0x35, 2.0)
+    arr_ref = np.append(vals, np.float32(2.0))
+    f = parse_datum(buf)
+    assert f.label == 5
+    assert np.array_equal(codec._gather_floats(buf, f.floats, f.float_count), arr_ref)
