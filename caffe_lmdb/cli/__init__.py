@@ -8,9 +8,10 @@ import sys
 
 from .. import __version__
 from ..errors import CaffeLMDBError
+from . import convert as _convert
 from . import mean as _mean
 
-GROUPS = [_mean]
+GROUPS = [_mean, _convert]
 
 
 def build_parser():
@@ -26,6 +27,9 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for group in GROUPS:  # a group may accept other spellings (e.g. Caffe's gflags)
+        argv = getattr(group, "preprocess", lambda a: a)(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,0 +1,274 @@
+"""Converter commands: convert-imageset, convert-mnist, convert-cifar, convert-folder, demo.
+
+Caffe's flags are accepted in gflags' spellings: ``-gray``, ``--gray``, ``--gray=true``,
+``--nogray``, ``--resize_height=256``, ``--resize_height 256``, ``-resize_height=256``.
+"""
+import argparse
+import os
+import re
+import sys
+
+from .. import convert as api
+from ..errors import CaffeLMDBError
+from ..parallel import default_workers
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "sample_data")
+
+# Caffe's flag names (and ours) for the gflags-style normalization of argv
+_BOOL_FLAGS = {"gray", "shuffle", "check_size", "encoded", "overwrite", "resume", "strict",
+               "index_keys", "quiet"}
+_VALUE_FLAGS = {"resize_height", "resize_width", "encode_type", "backend", "seed", "workers",
+                "targets", "timeout", "executor", "map_size"}
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+_FLAG = re.compile(r"^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
+
+
+class _UsageError(CaffeLMDBError):
+    pass
+
+
+def gflags_argv(argv):
+    """Rewrite gflags spellings into argparse's: ``-name`` -> ``--name``, ``--name=true`` ->
+    ``--name``, ``--name=false`` and ``--noname`` -> ``--no-name``. Unknown tokens pass."""
+    out = []
+    argv = list(argv)
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        m = _FLAG.match(tok)
+        if not m:
+            out.append(tok)
+            continue
+        name, value = m.group(1).replace("-", "_"), m.group(2)
+        negated = name.startswith("no") and name[2:] in _BOOL_FLAGS and name not in _BOOL_FLAGS
+        base = name[2:] if negated else name
+        if base in _BOOL_FLAGS:
+            if value is None:
+                on = not negated
+            elif value.lower() in _TRUE | _FALSE and not negated:
+                on = value.lower() in _TRUE
+            else:
+                raise _UsageError(f"flag --{name} takes no value or true/false, not {value!r}")
+            out.append(f"--{base}" if on else f"--no-{base}")
+        elif name in _VALUE_FLAGS:
+            out.append(f"--{name}" if value is None else f"--{name}={value}")
+        else:
+            out.append(tok)
+    return out
+
+
+def _bool(parser, name, help_):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", dest=name, action="store_true", help=help_)
+    group.add_argument(f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+
+
+def _common(p):
+    """Flags of every converter: output handling, workers, progress."""
+    _bool(p, "overwrite", "replace an existing output database")
+    _bool(p, "resume", "finish an interrupted conversion of the same inputs and options")
+    _bool(p, "quiet", "no progress bar and no summary (errors are still printed)")
+    p.add_argument("--backend", default="lmdb", help="only lmdb (Caffe's leveldb is not "
+                   "supported)")
+    p.add_argument("--map_size", type=int, default=None, metavar="BYTES",
+                   help="initial LMDB map size (it grows by itself when full)")
+
+
+def _image_flags(p):
+    _bool(p, "gray", "decode images as one gray channel")
+    _bool(p, "shuffle", "shuffle the order of the samples (reproducible with --seed)")
+    p.add_argument("--seed", type=int, default=None, help="seed of --shuffle's permutation")
+    p.add_argument("--resize_height", type=int, default=0, metavar="H",
+                   help="resize images to H x W (both must be > 0)")
+    p.add_argument("--resize_width", type=int, default=0, metavar="W")
+    _bool(p, "check_size", "fail when raw records differ in shape")
+    _bool(p, "encoded", "store the encoded image (the file's own bytes when possible)")
+    p.add_argument("--encode_type", default="", metavar="TYPE",
+                   help="encode as this type (jpg, png, ...); implies --encoded")
+    _bool(p, "index_keys", "keys %%08d only, without the path (for paths too long for LMDB)")
+    _bool(p, "strict", "stop at the first unreadable image instead of skipping it")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"parallel workers (default: all cores, here {default_workers()})")
+    p.add_argument("--executor", default="thread", choices=("thread", "process"),
+                   help="thread (default: fastest, OpenCV releases the GIL) or process "
+                        "(isolates decoder crashes)")
+    p.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="skip an image whose decoding takes longer (default %(default)g)")
+
+
+def register(sub):
+    p = sub.add_parser("convert-imageset", help="Caffe's convert_imageset: a list file of "
+                       "images to an LMDB",
+                       description="Convert ROOTFOLDER/ + LISTFILE ('path label' lines) into "
+                       "an LMDB of Datum records, as Caffe's convert_imageset does.")
+    p.add_argument("root", metavar="ROOTFOLDER/")
+    p.add_argument("list_file", metavar="LISTFILE")
+    p.add_argument("db", metavar="DB_NAME")
+    _image_flags(p)
+    p.add_argument("--targets", type=int, default=0, metavar="K",
+                   help="lines are 'path label v1 .. vK': also write the K values to a float "
+                        "LMDB DB_NAME_targets with the same keys")
+    _common(p)
+    p.set_defaults(func=_imageset)
+
+    p = sub.add_parser("convert-folder", help="a folder of class subfolders to an LMDB "
+                       "(labels by sorted class name)")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("db", metavar="DB")
+    _image_flags(p)
+    _common(p)
+    p.set_defaults(func=_folder)
+
+    p = sub.add_parser("convert-mnist", help="Caffe's convert_mnist_data: MNIST idx files "
+                       "(gzipped or not) to an LMDB")
+    p.add_argument("images", metavar="IMAGES")
+    p.add_argument("labels", metavar="LABELS")
+    p.add_argument("db", metavar="DB")
+    _common(p)
+    p.set_defaults(func=_mnist)
+
+    p = sub.add_parser("convert-cifar", help="Caffe's convert_cifar_data: CIFAR-10 binary "
+                       "batches to train and test LMDBs")
+    p.add_argument("input", metavar="INPUT_FOLDER")
+    p.add_argument("output", metavar="OUTPUT_FOLDER")
+    p.add_argument("db_type", nargs="?", default=None, metavar="DB_TYPE",
+                   help="lmdb (Caffe's third argument; optional)")
+    _common(p)
+    p.set_defaults(func=_cifar)
+
+    p = sub.add_parser("demo", help="convert the sample images shipped with caffe_lmdb and "
+                       "print the summary")
+    p.add_argument("out", nargs="?", default="sample_lmdb", metavar="OUT")
+    p.add_argument("--workers", type=int, default=None)
+    _bool(p, "quiet", "no progress bar")
+    p.set_defaults(func=_demo)
+
+
+def _progress(args, what):
+    """A tqdm bar on a terminal (done/total, rate, ETA); nothing when quiet or piped."""
+    if args.quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="img", desc=what, disable=None, dynamic_ncols=True, leave=False)
+
+    def update(done, total):
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    return update, bar
+
+
+def _with_progress(args, what, call):
+    update, bar = _progress(args, what)
+    try:
+        return call(update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_backend(args):
+    backend = (getattr(args, "db_type", None) or args.backend).lower()
+    if backend != "lmdb":
+        raise _UsageError(f"backend {backend!r} is not supported: caffe-lmdb writes LMDB "
+                          "only (--backend=lmdb)")
+
+
+def _run_options(args):
+    opts = dict(overwrite=args.overwrite, resume=args.resume)
+    if args.map_size:
+        opts["map_size"] = args.map_size
+    return opts
+
+
+def _image_options(args):
+    return dict(gray=args.gray, shuffle=args.shuffle, seed=args.seed,
+                resize_height=args.resize_height, resize_width=args.resize_width,
+                check_size=args.check_size, encoded=args.encoded,
+                encode_type=args.encode_type, index_keys=args.index_keys, strict=args.strict,
+                workers=args.workers, executor=args.executor, timeout=args.timeout or None)
+
+
+def _report(args, summaries):
+    if not args.quiet:
+        for s in summaries:
+            print(s)
+    return 0
+
+
+def _imageset(args):
+    _check_backend(args)
+    summary = _with_progress(args, "convert-imageset", lambda progress: api.convert_imageset(
+        args.root, args.list_file, args.db, targets=args.targets, progress=progress,
+        **_image_options(args), **_run_options(args)))
+    return _report(args, [summary])
+
+
+def _folder(args):
+    _check_backend(args)
+    summary = _with_progress(args, "convert-folder", lambda progress: api.convert_folder(
+        args.root, args.db, progress=progress, **_image_options(args), **_run_options(args)))
+    return _report(args, [summary])
+
+
+def _mnist(args):
+    _check_backend(args)
+    summary = _with_progress(args, "convert-mnist", lambda progress: api.convert_mnist(
+        args.images, args.labels, args.db, progress=progress, **_run_options(args)))
+    return _report(args, [summary])
+
+
+def _cifar(args):
+    _check_backend(args)
+    summaries = _with_progress(args, "convert-cifar", lambda progress: api.convert_cifar(
+        args.input, args.output, progress=progress, **_run_options(args)))
+    return _report(args, summaries)
+
+
+def _demo(args):
+    from ..sink import read_state
+
+    out = args.out
+    state = read_state(out) if os.path.isdir(out) else None
+    again = bool(state and (state.get("job") or {}).get("demo"))  # replace our own demo only
+    root = SAMPLE_DIR + os.sep
+    summary = _with_progress(args, "demo", lambda progress: api.run(
+        _DemoSource(root), out, job="demo", workers=args.workers, overwrite=again,
+        progress=progress))
+    print(summary)
+    print(f"Caffe reads it with: data_param {{ source: \"{out}\" backend: LMDB "
+          "batch_size: 12 }")
+    return 0
+
+
+class _DemoSource(api.ListFileSource):
+    """The shipped sample list, marked so that a later demo run may replace its output."""
+
+    def __init__(self, root):
+        super().__init__(root, os.path.join(root, "list.txt"))
+
+    def fingerprint(self):
+        return {**super().fingerprint(), "demo": True}
+
+
+def preprocess(argv):
+    """gflags spellings -> argparse, for this module's subcommands only."""
+    for i, tok in enumerate(argv):
+        if not tok.startswith("-"):
+            if tok in _COMMANDS:
+                try:
+                    return argv[:i + 1] + gflags_argv(argv[i + 1:])
+                except _UsageError as exc:
+                    print(f"caffe-lmdb: {exc}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            return argv
+    return argv
+
+
+_COMMANDS = ("convert-imageset", "convert-folder", "convert-mnist", "convert-cifar", "demo")

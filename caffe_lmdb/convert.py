@@ -1,0 +1,434 @@
+"""Converters: sources -> encode (in parallel workers) -> one ordered LMDB writer.
+
+One engine, :func:`run`, serves every converter:
+
+1. a source (:mod:`caffe_lmdb.sources`) lists the samples, each with its final index and key;
+2. :func:`caffe_lmdb.encode.encode` turns each into record bytes, on a pool of workers
+   (:mod:`caffe_lmdb.parallel`), results coming back in input order, at most a few per worker
+   in flight;
+3. the sink (:mod:`caffe_lmdb.sink`) puts them in key order, commits in batches, grows the map,
+   and after each commit saves the resume state beside the data.
+
+So the database is the same, key for key and byte for byte, whatever the number of workers,
+and after a crash it holds a valid prefix that ``resume=True`` completes.
+
+The functions here never print: pass ``progress=callable(done, total)`` for progress, and read
+the returned :class:`Summary`.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codec import array_to_datum_bytes, parse_datum
+from .encode import Skip, encode_many
+from .errors import (ImageReadError, ResumeError, ShapeMismatchError, SourceFormatError)
+from .keys import index_key
+from .parallel import make_executor, ordered_map
+from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, LMDBSink, prepare_output, read_state,
+                   write_state)
+from .sources import (ArraySource, CifarSource, FolderSource, ImageOptions, ListFileSource,
+                      MnistSource)
+
+__all__ = ["Summary", "run", "convert_imageset", "convert_folder", "convert_mnist",
+           "convert_cifar", "write_arrays", "DatumWriter", "targets_db_path",
+           "DEFAULT_TIMEOUT"]
+
+#: seconds an image may take before it is skipped as hung (see parallel.ordered_map)
+DEFAULT_TIMEOUT = 60.0
+TARGETS_SUFFIX = "_targets"
+
+
+@dataclass
+class Summary:
+    """What a conversion did. ``written``: records in the database; ``skipped``: the
+    :class:`~caffe_lmdb.encode.Skip` of every sample that gave no record (with its reason);
+    ``bytes``: bytes of record values written; ``seconds``: this run's wall time."""
+    path: str
+    total: int = 0
+    written: int = 0
+    skipped: list = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    resumed_from: int = 0
+    targets_path: str = None
+    log_path: str = None
+    file_bytes: int = 0
+    map_grown: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self):
+        done = self.total - self.resumed_from
+        return done / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self):
+        lines = [f"{self.path}: {self.written} records written, {len(self.skipped)} skipped, "
+                 f"{_human(self.bytes)} of records ({_human(self.file_bytes)} data.mdb), "
+                 f"{self.seconds:.2f} s"
+                 + (f" (resumed at sample {self.resumed_from})" if self.resumed_from else "")]
+        if self.targets_path:
+            lines.append(f"  targets (float_data, same keys): {self.targets_path}")
+        for skip in self.skipped[:10]:
+            lines.append(f"  skipped {skip.where}: {skip.reason}")
+        if len(self.skipped) > 10:
+            lines.append(f"  ... {len(self.skipped) - 10} more")
+        if self.skipped and self.log_path:
+            lines.append(f"  every skipped sample is listed in {self.log_path}")
+        for name, value in self.extra.items():
+            lines.append(f"  {name}: {value}")
+        return "\n".join(lines)
+
+
+def _human(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def targets_db_path(db):
+    """Where the float targets of a multi-target list go: ``DB`` + ``_targets``."""
+    return os.fspath(db).rstrip("/\\") + TARGETS_SUFFIX
+
+
+def _chunked(iterable, size):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _skip_chunk(chunk, reason):
+    return [Skip(s.index, s.key, s.where, reason) for s in chunk]
+
+
+def _describe_chunk(chunk):
+    return chunk[0].where if len(chunk) == 1 else f"{chunk[0].where} .. {chunk[-1].where}"
+
+
+def _normalize(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _skip_line(skip):
+    reason = " ".join(skip.reason.split())
+    return f"skipped\t{skip.where}\t{skip.key.decode('utf-8', 'replace')}\t{reason}\n"
+
+
+def _load_resume(path, fingerprint):
+    state = read_state(path)
+    if state is None:
+        raise ResumeError(f"{path} holds an LMDB but no convert_state.json, so it was not left "
+                          "by an interrupted caffe_lmdb conversion and cannot be resumed; use "
+                          "--overwrite to convert again from the start")
+    if state.get("job") != fingerprint:
+        old, new = state.get("job") or {}, fingerprint or {}
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ResumeError(f"{path} was started from other inputs or options (they differ in: "
+                          f"{', '.join(diff)}); resume with the same ones, or use --overwrite")
+    return state
+
+
+def run(source, path, *, job="convert", workers=None, executor="thread", overwrite=False,
+        resume=False, strict=False, check_size=False, timeout=DEFAULT_TIMEOUT, progress=None,
+        map_size=DEFAULT_MAP_SIZE, commit_every=1000, targets=False, files=None):
+    """Write every sample of ``source`` into the LMDB at ``path``; returns a :class:`Summary`.
+
+    ``workers``: tasks in parallel (default: all cores); ``executor``: "thread" (default),
+    "process", "inline" or an executor object (see :mod:`caffe_lmdb.parallel`).
+    ``strict``: raise ImageReadError at the first unreadable sample instead of skipping it.
+    ``check_size``: raise ShapeMismatchError when a raw record's shape differs from the first.
+    ``timeout``: seconds after which a sample whose worker has not returned is skipped.
+    ``targets``: also write each record's ``targets`` to ``targets_db_path(path)``.
+    ``files``: {name: text} to write into the database folder (e.g. labels.txt).
+    On any error or interrupt, the records before it are committed: the database is a valid
+    prefix of the full conversion, and ``resume=True`` finishes it.
+    """
+    t0 = time.perf_counter()
+    path = os.fspath(path)
+    fingerprint = _normalize({"job": job, **(source.fingerprint() or {}),
+                              "check_size": bool(check_size), "targets": bool(targets)})
+    tpath = targets_db_path(path) if targets else None
+    resuming = prepare_output(path, overwrite=overwrite, resume=resume)
+    if tpath and prepare_output(tpath, overwrite=overwrite, resume=resume) != resuming:
+        raise ResumeError(f"{path} and {tpath} must be resumed together, but only one of them "
+                          "exists; use --overwrite to convert both again")
+    for name, text in (files or {}).items():
+        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    if resuming:
+        state = _load_resume(path, fingerprint)
+    else:
+        state = {"version": 1, "job": fingerprint, "next_index": 0, "bytes": 0,
+                 "skipped": [], "first_shape": None, "done": False}
+    start = state["next_index"]
+    skipped = [Skip(i, k.encode("utf-8", "surrogateescape"), w, r)
+               for i, k, w, r in state["skipped"]]
+    log_path = os.path.join(path, LOG_NAME)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"# caffe-lmdb {job}: samples that gave no record (tab-separated: "
+                  "where, key, reason)\n")
+        log.writelines(_skip_line(s) for s in skipped)
+    sink = LMDBSink(path, map_size=map_size, commit_every=commit_every)
+    tsink = LMDBSink(tpath, map_size=map_size, commit_every=commit_every) if tpath else None
+    summary = Summary(path=path, total=len(source), resumed_from=start, targets_path=tpath,
+                      log_path=log_path)
+    done = start
+    value_bytes = state["bytes"]
+    first_shape = state["first_shape"]
+
+    def save(final=False):
+        sink.commit()
+        if tsink is not None:
+            tsink.commit()
+        state.update(next_index=done, bytes=value_bytes, first_shape=first_shape, done=final,
+                     written=sink.entries,
+                     skipped=[[s.index, s.key.decode("utf-8", "surrogateescape"), s.where,
+                               s.reason] for s in skipped])
+        write_state(path, state)
+
+    ex = make_executor(executor, workers)
+    log = open(log_path, "a", encoding="utf-8")
+    try:
+        if progress is not None:
+            progress(done, summary.total)
+        chunks = _chunked(source.samples(start), source.chunk)
+        for batch in ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=_skip_chunk,
+                                 describe=_describe_chunk):
+            for rec in batch:
+                if isinstance(rec, Skip):
+                    if strict:
+                        raise ImageReadError(f"{rec.where}: {rec.reason} (--strict stops at the "
+                                             "first sample that cannot be read)")
+                    skipped.append(rec)
+                    log.write(_skip_line(rec))
+                else:
+                    if check_size:
+                        first_shape = _check_size(rec, first_shape, source, start)
+                    sink.put(rec.key, rec.value, replace=resuming)
+                    if tsink is not None:
+                        tsink.put(rec.key, rec.targets, replace=resuming)
+                    value_bytes += len(rec.value)
+                done = rec.index + 1
+                if sink.batch_full or (tsink is not None and tsink.batch_full):
+                    log.flush()
+                    save()
+            if progress is not None:
+                progress(done, summary.total)
+        done = summary.total
+        log.flush()
+        save(final=True)
+    except BaseException:
+        try:  # keep every complete record before the failure: a valid, resumable prefix
+            log.flush()
+            save()
+        except Exception:
+            pass
+        raise
+    finally:
+        log.close()
+        ex.shutdown()
+        sink.env.close()
+        if tsink is not None:
+            tsink.env.close()
+    summary.written = sink.entries
+    summary.skipped = skipped
+    summary.bytes = value_bytes
+    summary.file_bytes = sink.file_size()
+    summary.map_grown = sink.grown
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _check_size(rec, first_shape, source, start):
+    """convert_imageset's --check_size: every raw record has the first one's shape."""
+    f = parse_datum(rec.value)
+    if f.encoded:
+        return first_shape  # encoded records carry no shape (Caffe's check cannot apply)
+    shape = [f.channels, f.height, f.width]
+    if first_shape is None:
+        return shape
+    if shape != first_shape:
+        raise ShapeMismatchError(f"record {rec.key.decode('utf-8', 'replace')!r} is "
+                                 f"{'x'.join(map(str, shape))} but the first record is "
+                                 f"{'x'.join(map(str, first_shape))} (--check_size); resize "
+                                 "all images (--resize_height/--resize_width) or drop the flag")
+    return first_shape
+
+
+def _image_options(gray, resize_height, resize_width, encoded, encode_type):
+    enc = None
+    if encoded or encode_type:  # Caffe: a non-empty --encode_type alone also encodes
+        enc = str(encode_type).lower().lstrip(".") if encode_type else True
+    resize = (int(resize_height), int(resize_width))
+    return ImageOptions(resize=resize if resize[0] > 0 and resize[1] > 0 else None,
+                        gray=bool(gray), encode=enc)
+
+
+def _saved_seed(db, shuffle, seed, resume):
+    """A shuffled run without --seed draws one; --resume must reuse it."""
+    if shuffle and seed is None and resume:
+        state = read_state(db)
+        if state is not None:
+            return (state.get("job") or {}).get("seed")
+    return seed
+
+
+def convert_imageset(root, list_file, db, *, gray=False, shuffle=False, seed=None,
+                     resize_height=0, resize_width=0, check_size=False, encoded=False,
+                     encode_type="", targets=0, index_keys=False, **options):
+    """Caffe's ``convert_imageset ROOT/ LISTFILE DB``, with the same flags and records.
+
+    Keys ``%08d_<path>`` by list line (after the shuffle), or ``%08d`` with ``index_keys``.
+    ``targets=K``: lines are ``path label v1 .. vK``; the K values go to a float LMDB at
+    ``DB_targets`` with the same keys. ``seed`` makes ``shuffle`` reproducible (Caffe's own
+    permutation cannot be reproduced). Other options: see :func:`run`.
+    """
+    seed = _saved_seed(db, shuffle, seed, options.get("resume"))
+    source = ListFileSource(root, list_file,
+                            _image_options(gray, resize_height, resize_width, encoded,
+                                           encode_type),
+                            shuffle=shuffle, seed=seed, targets=targets, index_keys=index_keys)
+    return run(source, db, job="convert_imageset", targets=bool(targets), check_size=check_size,
+               **options)
+
+
+def convert_folder(root, db, *, gray=False, shuffle=False, seed=None, resize_height=0,
+                   resize_width=0, check_size=False, encoded=False, encode_type="",
+                   index_keys=False, **options):
+    """A folder of class subfolders (torchvision's ImageFolder layout) to an LMDB.
+
+    Labels follow the sorted class names; ``labels.txt`` in the database folder lists the class
+    of label i on line i + 1. Image flags as :func:`convert_imageset`.
+    """
+    seed = _saved_seed(db, shuffle, seed, options.get("resume"))
+    source = FolderSource(root, _image_options(gray, resize_height, resize_width, encoded,
+                                               encode_type),
+                          shuffle=shuffle, seed=seed, index_keys=index_keys)
+    labels = "".join(name + "\n" for name in source.classes)
+    summary = run(source, db, job="convert_folder", check_size=check_size,
+                  files={"labels.txt": labels}, **options)
+    summary.extra["classes"] = (f"{len(source.classes)}, listed in "
+                                f"{os.path.join(os.fspath(db), 'labels.txt')}")
+    return summary
+
+
+def _small_records(workers, options):
+    """Records that cost microseconds to build are written inline by default: a pool would
+    only add overhead (they hold the GIL)."""
+    options["workers"] = workers
+    options.setdefault("executor", "inline" if (workers or 1) <= 1 else "thread")
+
+
+def convert_mnist(images, labels, db, *, workers=1, **options):
+    """Caffe's ``convert_mnist_data IMAGES LABELS DB``: idx files (gzipped or not), keys
+    ``%08d``, records 1 x rows x cols with no ``encoded`` field, as Caffe writes them."""
+    _small_records(workers, options)
+    return run(MnistSource(images, labels), db, job="convert_mnist", **options)
+
+
+def convert_cifar(input_folder, output_folder, *, workers=1, **options):
+    """Caffe's ``convert_cifar_data INPUT OUTPUT lmdb``: the CIFAR-10 binary batches to
+    ``OUTPUT/cifar10_train_lmdb`` (keys ``%05d``, 50,000 records) and
+    ``OUTPUT/cifar10_test_lmdb``. Returns ``(train_summary, test_summary)``."""
+    output_folder = os.fspath(output_folder)
+    sources = [CifarSource(input_folder, "train"), CifarSource(input_folder, "test")]
+    if os.path.exists(output_folder) and not os.path.isdir(output_folder):
+        raise SourceFormatError(f"{output_folder} is a file: give a folder for the two DBs")
+    os.makedirs(output_folder, exist_ok=True)
+    _small_records(workers, options)
+    return tuple(run(src, os.path.join(output_folder, f"cifar10_{src.split}_lmdb"),
+                     job="convert_cifar", **options) for src in sources)
+
+
+def write_arrays(path, images, labels=None, *, channels_last=False, workers=1, **options):
+    """Write NumPy images to an LMDB of Datum records, keys ``%08d``.
+
+    ``images``: an (N, C, H, W) array (or (N, H, W) for one channel, or (N, H, W, C) with
+    ``channels_last``), or any sequence of such per-image arrays (a memmap works: nothing is
+    loaded whole). uint8 images are stored as ``data`` with ``encoded = false`` (what Caffe and
+    DALI read as raw pixels); other dtypes as float32 ``float_data``. ``labels``: ints (0 is
+    written too) or None. Same guarantees and options as the converters (see :func:`run`).
+    """
+    source = ArraySource(images, labels, channels_last=channels_last)
+    _small_records(workers, options)
+    return run(source, path, job="write_arrays", **options)
+
+
+class DatumWriter:
+    """Write Datum records from your own loop, with the converters' guarantees.
+
+    ::
+
+        with DatumWriter("train_lmdb") as w:
+            for image, label in my_samples():
+                w.put(image, label)            # (C, H, W) array -> key %08d of its position
+
+    ``put(value, label=None, key=None)``: ``value`` is a (C, H, W) array (see
+    :func:`write_arrays` for dtypes) or already serialized Datum bytes (stored as they are);
+    ``key`` defaults to ``%08d`` of the running index (bytes or str otherwise; keys that do not
+    ascend are allowed but slower, a repeated key raises DuplicateKeyError). Records are
+    committed every ``commit_every``; ``commit()`` forces one. ``close()`` (or leaving the
+    ``with`` block, even by an exception) commits what was put and returns a :class:`Summary`:
+    the database always holds every record put before the failure. An existing database is
+    refused unless ``overwrite=True``; ``resume=True`` appends to it, numbering on from its
+    record count.
+    """
+
+    def __init__(self, path, *, overwrite=False, resume=False, commit_every=1000,
+                 map_size=DEFAULT_MAP_SIZE, key_width=8):
+        self._t0 = time.perf_counter()
+        self.path = os.fspath(path)
+        prepare_output(self.path, overwrite=overwrite, resume=resume)
+        self._sink = LMDBSink(self.path, map_size=map_size, commit_every=commit_every)
+        self.key_width = key_width
+        self.index = self._sink.entries
+        self._start = self.index
+        self._bytes = 0
+        self._closed = False
+
+    def put(self, value, label=None, key=None):
+        if self._closed:
+            raise ValueError(f"DatumWriter for {self.path} is closed")
+        if key is None:
+            key = index_key(self.index, self.key_width)
+        elif isinstance(key, str):
+            key = key.encode("utf-8")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            if label is not None:
+                raise ValueError("label only applies to arrays: serialized Datum bytes are "
+                                 "stored as they are")
+            value = bytes(value)
+        else:
+            value = array_to_datum_bytes(np.asarray(value), label)
+        self._sink.put(key, value)
+        self.index += 1
+        self._bytes += len(value)
+        if self._sink.batch_full:
+            self._sink.commit()
+
+    def commit(self):
+        self._sink.commit()
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._sink.close()
+        return Summary(path=self.path, total=self.index, written=self._sink.entries,
+                       bytes=self._bytes, seconds=time.perf_counter() - self._t0,
+                       resumed_from=self._start, file_bytes=self._sink.file_size(),
+                       map_grown=self._sink.grown)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,280 @@
+"""An ordered, bounded parallel map over a pluggable executor.
+
+:func:`ordered_map` yields ``fn(item)`` for every item, in the items' order, while at most
+``window`` items are in flight; so memory stays bounded however large the input, and the output
+order never depends on which worker finished first.
+
+Executors are small objects with ``workers`` and ``submit(fn, arg) -> concurrent.futures.Future``
+and ``shutdown()``, plus two optional recovery hooks:
+
+* ``abandon(future) -> bool``: give up on a task that timed out. Returns True when the other
+  tasks in flight were lost too (the caller then submits them again).
+* ``restart()``: replace workers after one died (a crash in native code).
+
+Three are provided: :class:`InlineExecutor` (runs in the caller, no pool), :class:`ThreadExecutor`
+(the default for images: OpenCV releases the GIL while it decodes and resizes, and records stay
+in memory, never pickled) and :class:`ProcessExecutor` (isolates crashes, at the cost of
+pickling every result). A cluster executor (e.g. Ray: ``ray.remote(fn).remote(arg).future()``
+returns a concurrent Future) fits the same interface.
+
+Failure handling, so that a stuck or crashing decoder cannot hang or kill the run:
+
+* **timeout**: when the oldest unfinished task has been at the head of the queue for
+  ``timeout`` seconds, it is given up: ``on_fail(item, reason)`` supplies its result and the
+  executor's ``abandon`` frees its worker (a thread is left behind as a daemon and exits when its
+  call returns; a process pool is killed and restarted);
+* **dead worker** (``BrokenExecutor``, e.g. a segfault in a process worker): the items that were
+  in flight are run again one at a time in fresh workers; the one that kills its worker again
+  gets ``on_fail(item, reason)``, the others their normal result.
+
+Without ``on_fail``, both raise :class:`~caffe_lmdb.errors.WorkerError` naming the item.
+"""
+import collections
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+from .errors import WorkerError
+
+try:
+    from concurrent.futures import BrokenExecutor
+except ImportError:  # pragma: no cover
+    BrokenExecutor = BrokenProcessPool
+
+__all__ = ["InlineExecutor", "ThreadExecutor", "ProcessExecutor", "make_executor",
+           "ordered_map", "default_workers"]
+
+
+def default_workers():
+    """The number of cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class InlineExecutor:
+    """Runs each task at once in the calling thread (workers=1: no pool, no overhead).
+    A timeout cannot interrupt it."""
+
+    kind = "inline"
+    workers = 1
+
+    def submit(self, fn, arg):
+        fut = Future()
+        try:
+            fut.set_result(fn(arg))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self):
+        pass
+
+
+class ThreadExecutor:
+    """A pool of daemon threads. A thread stuck in a task that was abandoned (timed out) is
+    replaced at once and quits when its call returns; being a daemon, it never blocks exit."""
+
+    kind = "thread"
+
+    def __init__(self, workers=None):
+        self.workers = int(workers or default_workers())
+        self._queue = queue.SimpleQueue()
+        self._abandoned = set()
+        self._lock = threading.Lock()
+        self._threads = 0
+        for _ in range(self.workers):
+            self._spawn()
+
+    def _spawn(self):
+        with self._lock:
+            self._threads += 1
+            n = self._threads
+        threading.Thread(target=self._work, name=f"caffe_lmdb-worker-{n}", daemon=True).start()
+
+    def _work(self):
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fut, fn, arg = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(arg)
+            except BaseException as exc:  # delivered to the caller, who decides
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+            with self._lock:
+                if id(fut) in self._abandoned:  # a replacement took this thread's place
+                    self._abandoned.discard(id(fut))
+                    return
+
+    def submit(self, fn, arg):
+        fut = Future()
+        self._queue.put((fut, fn, arg))
+        return fut
+
+    def abandon(self, fut):
+        with self._lock:
+            if fut.done():
+                return False
+            self._abandoned.add(id(fut))
+        self._spawn()
+        return False
+
+    def restart(self):
+        pass  # a thread cannot die without killing the process
+
+    def shutdown(self):
+        for _ in range(self.workers):
+            self._queue.put(None)
+
+
+def _default_context():
+    # fork copies the parent's threads' locks (tqdm, OpenCV): forkserver starts clean workers
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
+
+
+class ProcessExecutor:
+    """A process pool (``concurrent.futures.ProcessPoolExecutor``). Each result is pickled back
+    to the parent. A crashed worker, or an abandoned task, restarts the whole pool."""
+
+    kind = "process"
+
+    def __init__(self, workers=None, context=None):
+        self.workers = int(workers or default_workers())
+        self._context = multiprocessing.get_context(context or _default_context())
+        self._pool = None
+        self._start()
+
+    def _start(self):
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=self._context)
+
+    def submit(self, fn, arg):
+        return self._pool.submit(fn, arg)
+
+    def _kill(self):
+        pool = self._pool
+        if hasattr(pool, "kill_workers"):  # Python >= 3.14
+            pool.kill_workers()
+        else:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                if proc.is_alive():
+                    proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def restart(self):
+        self._kill()
+        self._start()
+
+    def abandon(self, fut):
+        self.restart()
+        return True
+
+    def shutdown(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_executor(executor="thread", workers=None):
+    """An executor from a name ("thread", "process", "inline") or an executor object as is.
+    ``workers`` <= 1 with a name gives the inline executor."""
+    if not isinstance(executor, str):
+        return executor
+    workers = int(workers or default_workers())
+    if executor == "inline" or workers <= 1:
+        return InlineExecutor()
+    if executor == "thread":
+        return ThreadExecutor(workers)
+    if executor == "process":
+        return ProcessExecutor(workers)
+    raise ValueError(f"unknown executor {executor!r}: use 'thread', 'process' or 'inline'")
+
+
+def _fail(on_fail, describe, item, reason):
+    if on_fail is None:
+        raise WorkerError(f"{describe(item)}: {reason}")
+    return on_fail(item, reason)
+
+
+def _await(fut, timeout):
+    """("ok", result), ("timeout", reason) or ("broken", reason)."""
+    try:
+        return "ok", fut.result(timeout=timeout)
+    except FutureTimeout:
+        return "timeout", f"gave up after {timeout:g} s (the decoder hung?)"
+    except BrokenExecutor:
+        return "broken", "its worker process died (the decoder crashed?)"
+
+
+def ordered_map(fn, items, executor, window=None, timeout=None, on_fail=None, describe=repr):
+    """Yield ``fn(item)`` for each item, in order, with at most ``window`` items in flight
+    (default: 4 per worker). See the module docstring for ``timeout`` and ``on_fail``.
+    An exception raised by ``fn`` itself propagates, with a note naming the item."""
+    window = max(1, int(window or 4 * getattr(executor, "workers", 1)))
+    items = iter(items)
+    pending = collections.deque()
+
+    def fill():
+        while len(pending) < window:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            pending.append((item, executor.submit(fn, item)))
+
+    def wait(item, fut):
+        try:
+            return _await(fut, timeout)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"while processing {describe(item)}")
+            raise
+
+    def give_up(fut, status):
+        """Free the worker of a failed task; True when the other tasks in flight were lost."""
+        if status == "broken":
+            executor.restart()
+            return True
+        abandon = getattr(executor, "abandon", None)
+        return bool(abandon(fut)) if abandon else False
+
+    fill()
+    while pending:
+        item, fut = pending[0]
+        status, value = wait(item, fut)
+        if status == "ok":
+            pending.popleft()
+            fill()
+            yield value
+            continue
+        if status == "broken":
+            # every task in flight is lost and any of them may be the culprit: run them again
+            # one at a time, so that only the one that kills its worker again is failed
+            retry = [it for it, _ in pending]
+            pending.clear()
+            executor.restart()
+            for it in retry:
+                single = executor.submit(fn, it)
+                status, value = wait(it, single)
+                if status != "ok":
+                    give_up(single, status)
+                    value = _fail(on_fail, describe, it, value)
+                yield value
+            fill()
+            continue
+        pending.popleft()
+        if give_up(fut, status):
+            again = [it for it, _ in pending]
+            pending.clear()
+            pending.extend((it, executor.submit(fn, it)) for it in again)
+        fill()
+        yield _fail(on_fail, describe, item, value)
