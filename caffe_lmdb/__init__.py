@@ -31,6 +31,7 @@ from .errors import (
     ShapeMismatchError,
 )
 from .mean import read_mean, write_mean
+from .reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "blobproto_to_array", "blobprotovector_str_to_arraylist", "datum_bytes", "datum_to_array",
     "decode", "decode_batch", "encode_image", "image_to_datum",
     "read_mean", "write_mean",
+    "open", "DatumDB",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]
