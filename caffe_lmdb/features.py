@@ -28,7 +28,7 @@ from .reader import DatumDB, _DenseKeys
 from .reader import open as open_db
 from .sources import parse_list_line
 
-__all__ = ["read_features", "features_to_npy", "write_features", "feature_names",
+__all__ = ["read_features", "features_to_npy", "feature_shape", "write_features", "feature_names",
            "FeatureKeyWarning"]
 
 _CHUNK = 1024
@@ -138,6 +138,14 @@ def read_features(source, flat=False, return_index=False, progress=None):
     if flat:
         out = out.reshape(n, -1)
     return (out, indices) if return_index else out
+
+
+def feature_shape(source):
+    """``(shape, indices)`` of an extract_features LMDB without reading its values: the
+    (C, H, W) of its first record and the image index of each row."""
+    db = _db(source)
+    rows, indices = _layout(db)
+    return (_shape(db) if len(rows) else None), indices
 
 
 def features_to_npy(source, npy_path, flat=False, progress=None):

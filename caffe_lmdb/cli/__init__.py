@@ -10,8 +10,9 @@ from .. import __version__
 from ..errors import CaffeLMDBError
 from . import convert as _convert
 from . import mean as _mean
+from . import read as _read
 
-GROUPS = [_mean, _convert]
+GROUPS = [_mean, _convert, _read]
 
 
 def build_parser():

@@ -1,0 +1,125 @@
+"""Read-side commands: info, verify, export, features, compute-mean."""
+import os
+
+import numpy as np
+
+from .. import features as _features
+from .. import inspect as _inspect
+from ..mean import channel_means, compute_mean, write_mean
+from .convert import _with_progress
+
+
+def register(sub):
+    p = sub.add_parser("info", help="entries, size, key pattern, gaps, record kinds, shapes, "
+                       "labels of an LMDB")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("--decode", choices=("sample", "all", "none"), default="sample",
+                   help="encoded images decoded for their shapes: the first 200 (default), "
+                   "all, or none")
+    _quiet(p)
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("verify", help="parse every record; exit 1 listing the problems "
+                       "(unparsable records, several shapes, unpadded numeric keys)")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("--no-decode", dest="decode", action="store_false",
+                   help="do not decode encoded images (faster; their shapes go unchecked)")
+    p.add_argument("--max-listed", type=int, default=20, help="problems listed (default 20)")
+    _quiet(p)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("export", help="records back to image files plus a list file (the "
+                       "inverse of convert-imageset), or to one .npz")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("out", metavar="OUT", help="a new folder (or the .npz file with --npz)")
+    p.add_argument("--npz", action="store_true",
+                   help="write images (N,C,H,W), labels and keys into OUT.npz instead")
+    _quiet(p)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("features", help="an extract_features LMDB to NumPy (.npy), streamed")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("--out", metavar="FEATS.npy", help="write the (N, C, H, W) float32 array "
+                   "here (without it, only the summary is printed)")
+    p.add_argument("--flat", action="store_true", help="(N, C*H*W) rows instead")
+    p.add_argument("--names-from", metavar="LISTFILE_OR_DB",
+                   help="what the net's data layer read (its LMDB, or an ImageData list "
+                   "file): writes FEATS.txt, line i = 'path label' of feature row i")
+    _quiet(p)
+    p.set_defaults(func=_features_cmd)
+
+    p = sub.add_parser("compute-mean", help="Caffe's compute_image_mean: the mean image as "
+                       ".binaryproto (and/or .npy)")
+    p.add_argument("db", metavar="DB")
+    p.add_argument("out", nargs="?", metavar="OUT.binaryproto")
+    p.add_argument("--npy", metavar="OUT.npy", help="also (or only) save the (C, H, W) mean")
+    _quiet(p)
+    p.set_defaults(func=_compute_mean)
+
+
+def _quiet(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _info(args):
+    report = _with_progress(args, "info", lambda progress: _inspect.info(
+        args.db, decode_images=args.decode, progress=progress))
+    print(report)
+    return 0
+
+
+def _verify(args):
+    report = _with_progress(args, "verify", lambda progress: _inspect.verify(
+        args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed))
+    print(report)
+    if report.ok:
+        print(f"OK: {report.entries} records, no problems")
+        return 0
+    print(f"FAILED: {report.problem_count} problems")
+    return 1
+
+
+def _export(args):
+    n = _with_progress(args, "export", lambda progress: _inspect.export(
+        args.db, args.out, npz=args.npz, progress=progress))
+    where = args.out if not args.npz or args.out.endswith(".npz") else args.out + ".npz"
+    print(f"{args.db} -> {where}: {n} records" + ("" if args.npz else
+                                                    f", list file {os.path.join(where, 'list.txt')}"))
+    return 0
+
+
+def _features_cmd(args):
+    if args.out:
+        shape, indices = _with_progress(args, "features", lambda progress: (
+            _features.features_to_npy(args.db, args.out, flat=args.flat, progress=progress)))
+        print(f"{args.db} -> {args.out}: float32 {shape}")
+    else:
+        shape, indices = _features.feature_shape(args.db)
+        span = f"{indices[0]}..{indices[-1]}" if len(indices) else "none"
+        print(f"{args.db}: {len(indices)} records of float32 {shape}, image indices {span}")
+    if args.names_from:
+        names = _features.feature_names(args.names_from, int(indices[-1]) + 1
+                                        if len(indices) else 0)
+        target = (os.path.splitext(args.out)[0] if args.out else args.db.rstrip("/")) + ".txt"
+        with open(target, "w", encoding="utf-8", newline="\n") as f:
+            for i in indices.tolist():
+                name, label = names[i]
+                f.write(f"{name} {label}\n")
+        print(f"names of the {len(indices)} rows -> {target}")
+    return 0
+
+
+def _compute_mean(args):
+    if not args.out and not args.npy:
+        args.out = "mean.binaryproto"
+    mean = _with_progress(args, "compute-mean", lambda progress: compute_mean(
+        args.db, progress=progress))
+    if args.out:
+        write_mean(mean, args.out)
+    if args.npy:
+        np.save(args.npy, mean)
+    print(f"{args.db}: mean of shape {mean.shape} (exact integer sums) -> "
+          + ", ".join(p for p in (args.out, args.npy) if p))
+    for c, value in enumerate(channel_means(mean)):
+        print(f"mean_value channel [{c}]: {value:g}")
+    return 0
