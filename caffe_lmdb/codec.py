@@ -286,8 +286,9 @@ class DatumFields:
 
     def copy(self):
         other = DatumFields.__new__(DatumFields)
-        for name in DatumFields.__slots__:
-            setattr(other, name, getattr(self, name))
+        other.channels, other.height, other.width = self.channels, self.height, self.width
+        other.data, other.label, other.has_label = self.data, self.label, self.has_label
+        other.encoded, other.has_encoded = self.encoded, self.has_encoded
         other.floats = list(self.floats)
         return other
 
@@ -453,8 +454,40 @@ def parse_datum(buf):
     f = DatumFields()
     snap = _parse(buf, 0, end, f, snapshot=True)
     if snap is not None and snap[0] <= 64:
-        _header = (bytes(buf[:snap[0]]), snap[1])
+        global _raw_fast
+        prefix, head = bytes(buf[:snap[0]]), snap[1]
+        _header = (prefix, head)
+        shape = (head.channels, head.height, head.width)
+        if (head.data is not None and not head.encoded and not head.floats and min(shape) >= 0
+                and head.data[1] and shape[0] * shape[1] * shape[2] == head.data[1]):
+            _raw_fast = (prefix, shape, head.data[1], head.label)
     return f
+
+
+# The fast path of decode for raw records: the header of the last raw record seen (prefix bytes,
+# shape, data size, label as of the header), valid when the record after the data holds only
+# the usual label and `encoded = false` fields.
+_raw_fast = (b"", None, 0, 0)
+
+
+def _raw_tail_label(buf, pos, end, label):
+    """Label of a raw record whose bytes after the data are one of Caffe's usual tails
+    (``28 <label>``, ``28 <label> 38 00``, ``38 00`` or nothing), else None."""
+    rest = end - pos
+    if rest == 0:
+        return label
+    if buf[pos] == 0x28:
+        b1 = buf[pos + 1] if rest > 1 else 0x80
+        if b1 < 0x80:
+            if rest == 2 or (rest == 4 and buf[pos + 2] == 0x38 and buf[pos + 3] == 0):
+                return b1
+        elif rest in (3, 5) and buf[pos + 2] < 0x80:
+            if rest == 3 or (buf[pos + 3] == 0x38 and buf[pos + 4] == 0):
+                return (b1 & 0x7F) | (buf[pos + 2] << 7)
+        return None
+    if rest == 2 and buf[pos] == 0x38 and buf[pos + 1] == 0:
+        return label
+    return None
 
 
 def _fields_to_array(buf, f, color):
@@ -524,6 +557,14 @@ def decode(buf, color=None):
     Raises :class:`~caffe_lmdb.errors.DatumDecodeError` for bytes that are not a Datum, or whose
     pixel count does not match their shape.
     """
+    prefix, shape, size, label = _raw_fast
+    n = len(prefix)
+    if shape is not None and buf[:n] == prefix:
+        end = len(buf)
+        if n + size <= end:
+            label = _raw_tail_label(buf, n + size, end, label)
+            if label is not None:
+                return np.ndarray(shape, _U8, buf, n), label
     f = parse_datum(buf)
     return _fields_to_array(buf, f, color), f.label
 
@@ -552,42 +593,85 @@ def _record_name(keys, i):
     return f"record {i}" + (f" (key {_show_key(keys[i])})" if keys is not None else "")
 
 
-def _tail_layout(buf, pos, end):
-    """The fields after the payload as ``[(field, tag_pos, value_pos, value_len)]`` when they are
-    only varints of label (5) and encoded (7), else None."""
-    out = []
-    while pos < end:
-        tag = buf[pos]
-        if tag not in (0x28, 0x38):
+_TAIL = 8  # bytes after the payload that the vectorized path reads: label varint + encoded
+
+
+def _simple_tail(tail):
+    """(structure mask, label size) when ``tail`` is one of Caffe's usual tails with a label of
+    one or two bytes (``28 <label>``, then optionally ``38 00``), or just ``38 00``, or nothing;
+    else None. The mask keeps tag and encoded bytes whole, and the label's continuation bits."""
+    if tail in (b"", b"\x38\x00"):
+        return np.full(len(tail), 0xFF, _U8), 0
+    if len(tail) < 2 or tail[0] != 0x28:
+        return None
+    size = 1 if tail[1] < 0x80 else (2 if len(tail) > 2 and tail[2] < 0x80 else 0)
+    rest = tail[1 + size:]
+    if not size or rest not in (b"", b"\x38\x00"):
+        return None
+    return np.array([0xFF] + [0x80] * size + [0xFF] * len(rest), _U8), size
+
+
+def _tail_labels(tails, tail_len, head_label):
+    """Vectorized parse of the bytes after the payload, when they are one of Caffe's usual tails:
+    an optional label (``28`` + a varint of 1 to 3 bytes) then an optional ``38 00``
+    (encoded = false). ``tails`` is (N, 8) (padded past each record's end), ``tail_len`` (N,).
+    Returns the (N,) labels, or None when some record's tail is anything else."""
+    n = tails.shape[0]
+    simple = _simple_tail(bytes(tails[0, :tail_len[0]]))
+    if simple is not None and (tail_len == tail_len[0]).all():
+        # one layout for all: compare the structure bytes with the first record's, read the
+        # label from fixed columns
+        mask, size = simple
+        width = len(mask)
+        if width and not ((tails[:, :width] & mask) == (tails[0, :width] & mask)).all():
             return None
-        start = pos + 1
-        stop = start
-        while stop < end and buf[stop] & 0x80:
-            stop += 1
-        stop += 1
-        if stop > end or stop - start > 10:
-            return None
-        out.append((tag >> 3, pos, start, stop - start))
-        pos = stop
-    return out
+        if size == 0:
+            return np.full(n, head_label, np.int64)
+        labels = tails[:, 1].astype(np.int64)
+        if size == 2:
+            labels &= 0x7F
+            labels |= tails[:, 2].astype(np.int64) << 7
+        return labels
+    rows = np.arange(n)
+    has_label = tails[:, 0] == 0x28
+    if has_label.any() and not has_label.all():
+        return None  # the label of the shared head differs from the tails': not worth it here
+    if has_label[0]:
+        cont = tails[:, 1:4] >= 0x80
+        if cont.all(axis=1).any():
+            return None  # a label of 4 or more bytes (large or negative): parse one by one
+        size = cont.argmin(axis=1) + 1
+        labels = (tails[:, 1] & 0x7F).astype(np.int64)
+        labels |= np.where(size >= 2, (tails[:, 2] & 0x7F).astype(np.int64) << 7, 0)
+        labels |= np.where(size >= 3, (tails[:, 3] & 0x7F).astype(np.int64) << 14, 0)
+        after = size + 1
+    else:
+        labels = np.full(n, head_label, np.int64)
+        after = np.zeros(n, np.int64)
+    rest = tail_len - after
+    at = np.minimum(after, _TAIL - 2)
+    ok = (rest == 0) | ((rest == 2) & (tails[rows, at] == 0x38) & (tails[rows, at + 1] == 0))
+    return labels if ok.all() else None
 
 
-def _varint_column(block, start, length):
-    """Decode the varint occupying columns [start, start + length) of every row, as int32."""
-    value = np.zeros(block.shape[0], np.uint64)
-    for j in range(length):
-        value |= (block[:, start + j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
-    return (value & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32)
-
-
-def _decode_uniform(buffers, first, f0, out, labels_out):
-    """Vectorized decode when every record has the bytes layout of the first: one join, one
-    comparison of the header and tail structure, one strided copy. Returns False (and leaves
-    out untouched) when the layout differs, so the caller falls back to per-record parsing."""
-    length = len(first)
+def _decode_uniform(buffers, out, labels_out, dtype):
+    """Vectorized decode of records that share the header of the first (same fields and shape
+    up to the payload) and end in one of Caffe's usual tails. One join, one strided view (rows
+    of equal length) or one row gather (lengths differ, e.g. labels of 1 and 2 bytes), one
+    comparison of the headers, one copy of the payloads. Returns False (and leaves out
+    untouched) when any record differs, or the first is bad: the caller then parses records one
+    by one. ``dtype``, when not None, is the dtype every record must hold."""
+    first = buffers[0]
+    try:
+        f0 = parse_datum(first)
+        shape = _shape(f0)
+    except DatumDecodeError:
+        return False
+    if f0.encoded or (dtype is not None and (f0.data is not None) != (dtype == _U8)):
+        return False
     if f0.data is not None:
         payload, size = f0.data
-        if len(f0.floats):
+        if f0.floats:
             return False
         head, tail_at = payload, payload + size
     elif len(f0.floats) == 1 and f0.floats[0][2] == 5:
@@ -595,88 +679,90 @@ def _decode_uniform(buffers, first, f0, out, labels_out):
         head, tail_at = payload - 1, payload - 1 + 5 * count
     else:
         return False
-    tail = _tail_layout(first, tail_at, length)
-    if tail is None:
-        return False
-    try:
-        joined = b"".join(buffers)
-    except TypeError:
+    if shape != out.shape[1:] or out[0].size != (size if f0.data is not None else count):
         return False
     n = len(buffers)
-    if len(joined) != n * length:
+    lengths = np.fromiter(map(len, buffers), np.int64, n)
+    tail_len = lengths - tail_at
+    if tail_len.min() < 0 or tail_len.max() > _TAIL:
         return False
-    block = np.frombuffer(joined, _U8).reshape(n, length)
-    if not (block[:, :head] == block[0, :head]).all():
+    joined = b"".join(buffers) + bytes(_TAIL)
+    width = tail_at + _TAIL
+    if (lengths == lengths[0]).all():  # rows are views into joined, one record apart
+        stride = int(lengths[0])
+        rows = np.ndarray((n, width), _U8, joined, 0, (stride, 1))
+        source = joined
+    else:  # one gathered copy of each record's first `width` bytes
+        stride = width
+        starts = np.cumsum(lengths) - lengths
+        windows = np.ndarray((len(joined) - width + 1, width), _U8, joined, 0, (1, 1))
+        rows = windows[starts]
+        source = rows
+    if not (rows[:, :head] == rows[0, :head]).all():
         return False
-    for field, tag_pos, value_pos, value_len in tail:
-        if not (block[:, tag_pos] == block[0, tag_pos]).all():
-            return False
-        cont = block[:, value_pos:value_pos + value_len] & 0x80
-        if not (cont == cont[0]).all():
-            return False
-        if field == 7 and (block[:, value_pos:value_pos + value_len] & 0x7F).any():
-            return False  # some records are encoded: decode them one by one
+    labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label)
+    if labels is None:
+        return False
     if f0.data is None:
-        tags = block[:, head:tail_at:5]
-        if not (tags == 0x35).all():
+        if not (rows[:, head:tail_at:5] == 0x35).all():
             return False
-        floats = np.ndarray(shape=(n, f0.floats[0][1]), dtype=_F4, buffer=joined,
-                            offset=head + 1, strides=(length, 5))
-        out.reshape(n, -1)[...] = floats
+        out.reshape(n, -1)[...] = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
     else:
-        out.reshape(n, -1)[...] = block[:, head:tail_at]
-    labels = [t for t in tail if t[0] == 5]
-    if labels:
-        labels_out[...] = _varint_column(block, labels[-1][2], labels[-1][3])
-    else:  # no label after the payload: every record has the label of the shared head
-        labels_out[...] = f0.label
+        out.reshape(n, -1)[...] = rows[:, head:tail_at]
+    labels_out[...] = labels
     return True
+
+
+def _decode_named(buffers, i, color, keys, raise_=True):
+    """decode(buffers[i]), with the record's index and key in the error (returned, not raised,
+    when raise_ is False: for thread pools, whose results are checked in order)."""
+    try:
+        return decode(buffers[i], color)
+    except DatumDecodeError as exc:
+        err = DatumDecodeError(f"{_record_name(keys, i)}: {exc}")
+        err.__cause__ = exc
+        if raise_:
+            raise err
+        return err
 
 
 def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
     """Decode many records of one shape into an (N, C, H, W) array and an (N,) int64 label array.
 
-    Records whose bytes share one layout (the usual case: one converter, one shape) are decoded
-    with a handful of vectorized NumPy steps for the whole batch; others one by one; encoded
-    images on a thread per core. ``out`` (and ``labels_out``) may be preallocated arrays to fill;
-    ``out``'s dtype may differ from the records' (values are cast). ``keys``, when given, name
-    the records in error messages. Raises ShapeMismatchError when the shapes differ.
+    Records whose bytes share one layout (the usual case: one converter, one shape; labels of
+    different varint lengths are fine) are decoded with a few vectorized NumPy steps for the
+    whole batch; others one by one; encoded images on a thread per core. ``out`` (and
+    ``labels_out``) may be preallocated arrays to fill, and ``out``'s dtype may differ from the
+    records' (values are cast); without ``out``, records must also agree in dtype. ``keys``, when
+    given, name the records in error messages. Raises ShapeMismatchError when records differ.
     """
     from .errors import ShapeMismatchError
 
-    buffers = list(buffers)
+    buffers = buffers if isinstance(buffers, list) else list(buffers)
     n = len(buffers)
     if n == 0:
         raise ValueError("decode_batch needs at least one record")
-    f0 = parse_datum(buffers[0])
-    if f0.encoded:
-        images = list(_image_pool().map(lambda b: decode(b, color)[0], buffers))
-        labels = [parse_datum(b).label for b in buffers]
-        shape = images[0].shape
-        out = _prepare_out(out, n, shape, images[0].dtype)
-        for i, img in enumerate(images):
-            if img.shape != shape:
-                raise ShapeMismatchError(f"{_record_name(keys, i)} decodes to shape {img.shape}, "
-                                         f"but the batch's first record has {shape}")
-            out[i] = img
-        labels_out = _prepare_labels(labels_out, n)
-        labels_out[:] = labels
-        return out, labels_out
-    first = _fields_to_array(buffers[0], f0, color)
-    shape = first.shape
-    out = _prepare_out(out, n, shape, first.dtype)
+    check_dtype = out is None
+    first = _decode_named(buffers, 0, color, keys)[0]
+    if parse_datum(buffers[0]).encoded:
+        images = list(_image_pool().map(lambda i: _decode_named(buffers, i, color, keys, False),
+                                        range(n)))
+    else:
+        images = None
+    dtype = first.dtype if check_dtype else None
+    out = _prepare_out(out, n, first.shape, first.dtype)
     labels_out = _prepare_labels(labels_out, n)
-    if n > 1 and len(buffers[0]) <= (1 << 16) and _decode_uniform(buffers, buffers[0], f0, out,
-                                                                   labels_out):
-        return out, labels_out
-    for i, buf in enumerate(buffers):
-        try:
-            arr, label = decode(buf, color)
-        except DatumDecodeError as exc:
-            raise DatumDecodeError(f"{_record_name(keys, i)}: {exc}") from exc
-        if arr.shape != shape:
-            raise ShapeMismatchError(f"{_record_name(keys, i)} has shape {arr.shape}, "
-                                     f"but the batch's first record has {shape}")
+    vectorized = (images is None and n > 1 and len(buffers[0]) <= (1 << 16)
+                  and _decode_uniform(buffers, out, labels_out, dtype))
+    for i in () if vectorized else range(n):
+        result = images[i] if images is not None else _decode_named(buffers, i, color, keys)
+        if isinstance(result, Exception):
+            raise result
+        arr, label = result
+        if arr.shape != first.shape or (check_dtype and arr.dtype != first.dtype):
+            raise ShapeMismatchError(
+                f"{_record_name(keys, i)} holds a {arr.dtype} array of shape {arr.shape}, "
+                f"but the batch's first record holds {first.dtype} {first.shape}")
         out[i] = arr
         labels_out[i] = label
     return out, labels_out
