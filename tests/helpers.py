@@ -48,3 +48,8 @@ def read_shard(db, rank, world):
     """Labels of a shuffled shard, read with batches() in a worker process."""
     return [int(v) for _, y in db.batches(3, shuffle=True, seed=4, shard=(rank, world))
             for v in y]
+
+
+def to_float(image):
+    """A picklable transform for the DataLoader tests (spawn workers import it)."""
+    return image.float() / 255

@@ -1,0 +1,115 @@
+"""PyTorch map-style Dataset over a Caffe LMDB (import it as ``caffe_lmdb.torch``).
+
+This is the only module of the package that imports torch (an optional extra:
+``pip install "caffe_lmdb[torch]"``); ``import caffe_lmdb`` never does.
+
+``DatumDataset`` works with ``torch.utils.data.DataLoader`` and any number of workers under
+``fork`` and ``spawn``: the underlying :class:`~caffe_lmdb.reader.DatumDB` pickles as its path
+and options and reopens in each worker. It also implements ``__getitems__``, which
+DataLoader (torch >= 2.1) calls with a whole batch of indices: their values are then read in
+key order in one transaction and decoded together instead of one by one.
+"""
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import _show_key
+from .reader import DatumDB
+from .reader import open as open_db
+
+__all__ = ["DatumDataset"]
+
+
+class DatumDataset(Dataset):
+    """``dataset[i]`` is the i-th record of the LMDB in key order (Caffe's order), as
+    ``(image, label)``: image a tensor (C, H, W) (or as the reader's options say: ``layout``,
+    ``channel_order``, ``dtype``, ``color``), label an int.
+
+    Parameters
+    ----------
+    db : path or :class:`~caffe_lmdb.reader.DatumDB`; ``**options`` are passed to
+        :func:`caffe_lmdb.open` when a path is given.
+    transform : callable applied to the image tensor (e.g. torchvision transforms v2).
+    target_transform : callable applied to the target.
+    companion : path or DatumDB of a float LMDB with the same keys (the ``DB_targets`` that
+        convert-imageset ``--targets`` writes, one float_data record per image). Its record
+        with the image's key, flattened to a (K,) float tensor, becomes the target: samples
+        are ``(image, targets)``, or ``(image, label, targets)`` with ``keep_label=True``.
+        Records are matched by key, not by position; a key missing from the companion raises
+        KeyError naming it.
+    to_tensor : False keeps images as NumPy arrays.
+    """
+
+    def __init__(self, db, transform=None, target_transform=None, companion=None,
+                 keep_label=False, to_tensor=True, **options):
+        self.db = db if isinstance(db, DatumDB) else open_db(db, **options)
+        if options and isinstance(db, DatumDB):
+            raise ValueError("pass reader options to caffe_lmdb.open, or a path here")
+        self.companion = None
+        if companion is not None:
+            self.companion = companion if isinstance(companion, DatumDB) else open_db(companion)
+            if len(self.companion) != len(self.db):
+                raise ValueError(f"{self.companion.path} has {len(self.companion)} records and "
+                                 f"{self.db.path} {len(self.db)}: a companion holds one record "
+                                 "per image, under the same keys")
+        self.transform = transform
+        self.target_transform = target_transform
+        self.keep_label = keep_label
+        self.to_tensor = to_tensor
+
+    def __len__(self):
+        return len(self.db)
+
+    def __repr__(self):
+        extra = f", companion={self.companion.path!r}" if self.companion is not None else ""
+        return f"DatumDataset({self.db.path!r}{extra}) with {len(self)} records"
+
+    def __getitem__(self, i):
+        image, label = self.db[i]
+        targets = None
+        if self.companion is not None:
+            key = self.db.keys()[i]
+            found = self.companion.get(key)
+            if found is None:
+                raise KeyError(self._missing(key))
+            targets = found[0]
+        return self._sample(image, label, targets)
+
+    def __getitems__(self, indices):
+        """A batch of samples (DataLoader's batched fetch): values read in key order in one
+        transaction and decoded together."""
+        images, labels = self.db.read(indices)
+        targets = None
+        if self.companion is not None:
+            keys = self.db.keys().take(np.where(np.asarray(indices) < 0,
+                                                np.asarray(indices) + len(self.db), indices))
+            positions = []
+            for key in keys:
+                try:
+                    positions.append(self.companion.index(key))
+                except KeyError:
+                    raise KeyError(self._missing(key)) from None
+            targets, _ = self.companion.read(positions)
+        return [self._sample(images[j], int(labels[j]),
+                             None if targets is None else targets[j])
+                for j in range(len(images))]
+
+    def _missing(self, key):
+        return f"{self.companion.path} has no record with key {_show_key(key)} of {self.db.path}"
+
+    def _sample(self, image, label, targets):
+        if self.to_tensor:
+            image = torch.from_numpy(image)
+        if self.transform is not None:
+            image = self.transform(image)
+        if targets is None:
+            target = label
+        else:
+            target = np.ascontiguousarray(targets, np.float32).reshape(-1)
+            if self.to_tensor:
+                target = torch.from_numpy(target)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        if targets is not None and self.keep_label:
+            return image, label, target
+        return image, target
