@@ -30,6 +30,15 @@ from .errors import (
     OutputExistsError,
     ShapeMismatchError,
 )
+from .convert import (
+    DatumWriter,
+    Summary,
+    convert_cifar,
+    convert_folder,
+    convert_imageset,
+    convert_mnist,
+    write_arrays,
+)
 from .mean import read_mean, write_mean
 from .reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
@@ -42,6 +51,8 @@ __all__ = [
     "decode", "decode_batch", "encode_image", "image_to_datum",
     "read_mean", "write_mean",
     "open", "DatumDB",
+    "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
+    "DatumWriter", "Summary",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]
