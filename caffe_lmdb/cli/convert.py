@@ -168,6 +168,11 @@ def _with_progress(args, what, call):
     update, bar = _progress(args, what)
     try:
         return call(update)
+    except KeyboardInterrupt:
+        if getattr(args, "resume", None) is not None:
+            print("caffe-lmdb: interrupted; the database keeps every record converted so far: "
+                  "run the same command with --resume to finish it", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()
