@@ -12,26 +12,22 @@ import numpy as np
 
 from .codec import array_to_datum_bytes, datum_bytes, encode_image
 from .errors import ImageReadError
-from .sources import ArraySample, ImageSample, RawSample
+from .sources import ArraySample, ImageSample, Keyed, RawSample
 
 __all__ = ["Record", "Skip", "encode", "encode_many"]
 
 
 @dataclass(frozen=True)
-class Record:
+class Record(Keyed):
     """An encoded sample: ``value`` goes under ``key``; ``targets`` (multi-target lists) is the
     float Datum for the companion targets DB, under the same key."""
-    index: int
-    key: bytes
     value: bytes
     targets: bytes = None
 
 
 @dataclass(frozen=True)
-class Skip:
+class Skip(Keyed):
     """A sample that produced no record: its position, key, where it came from, and why."""
-    index: int
-    key: bytes
     where: str
     reason: str
 

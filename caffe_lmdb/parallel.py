@@ -134,7 +134,9 @@ class ThreadExecutor:
         pass  # a thread cannot die without killing the process
 
     def shutdown(self):
-        for _ in range(self.workers):
+        with self._lock:
+            spawned = self._threads  # replacements included; a surplus stop is harmless
+        for _ in range(spawned):
             self._queue.put(None)
 
 
@@ -186,11 +188,12 @@ class ProcessExecutor:
 
 def make_executor(executor="thread", workers=None):
     """An executor from a name ("thread", "process", "inline") or an executor object as is.
-    ``workers`` <= 1 with a name gives the inline executor."""
+    ``workers`` defaults to all cores. One worker thread still frees the caller to write while
+    it decodes, and lets a timeout apply; "inline" runs everything in the caller."""
     if not isinstance(executor, str):
         return executor
-    workers = int(workers or default_workers())
-    if executor == "inline" or workers <= 1:
+    workers = max(1, int(workers or default_workers()))
+    if executor == "inline":
         return InlineExecutor()
     if executor == "thread":
         return ThreadExecutor(workers)

@@ -30,7 +30,7 @@ from .errors import KeyTooLongError, ListFileError, SourceFormatError
 from .keys import MAX_KEY_BYTES, index_key
 
 __all__ = [
-    "ImageOptions", "ImageSample", "RawSample", "ArraySample",
+    "Keyed", "ImageOptions", "ImageSample", "RawSample", "ArraySample",
     "ListFileSource", "FolderSource", "MnistSource", "CifarSource", "ArraySource",
     "IMAGE_EXTENSIONS", "parse_list_line",
 ]
@@ -52,10 +52,15 @@ class ImageOptions:
 
 
 @dataclass(frozen=True)
-class ImageSample:
-    """One image file to read. ``where`` names it in messages (``list.txt:4``)."""
+class Keyed:
+    """What every sample and every result carries: its position in the output and its key."""
     index: int
     key: bytes
+
+
+@dataclass(frozen=True)
+class ImageSample(Keyed):
+    """One image file to read. ``where`` names it in messages (``list.txt:4``)."""
     path: str
     label: int
     where: str
@@ -64,10 +69,8 @@ class ImageSample:
 
 
 @dataclass(frozen=True)
-class RawSample:
+class RawSample(Keyed):
     """Planar pixels already in Caffe's layout (MNIST, CIFAR): written without ``encoded``."""
-    index: int
-    key: bytes
     data: bytes
     shape: tuple
     label: int
@@ -75,11 +78,9 @@ class RawSample:
 
 
 @dataclass(frozen=True)
-class ArraySample:
+class ArraySample(Keyed):
     """A (C, H, W) array: uint8 goes to ``data`` (with ``encoded = false``), others to
     ``float_data``. ``label`` None leaves the field out."""
-    index: int
-    key: bytes
     array: object
     label: object
     where: str
@@ -152,36 +153,46 @@ def parse_list_line(raw, where, targets=0):
 
 
 class _ImageSource:
-    """Shared by list-file and folder sources: entries (line, path bytes, label, targets)."""
+    """Shared by list-file and folder sources. The entries are kept compactly (a list of path
+    bytes, an array of labels, an array of targets), as a list of a million lines must fit."""
 
     chunk = 1
 
-    def __init__(self, root, entries, options, shuffle, seed, index_keys, key_hint):
+    def __init__(self, root, paths, labels, targets, options, shuffle, seed, index_keys,
+                 key_hint):
         self.root = os.fspath(root)
         self.options = options
         self.index_keys = index_keys
-        self._entries = entries
-        self._order, self.seed = _permutation(len(entries), shuffle, seed)
+        self._paths = paths
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._targets = targets
+        self._order, self.seed = _permutation(len(paths), shuffle, seed)
         self.shuffle = shuffle
-        for i in range(len(entries)):
-            entry = self._entry(i)
-            _check_key(self._key(i, entry[1]), entry[0], key_hint)
+        for i in range(len(paths)):
+            j = self._entry(i)
+            _check_key(self._key(i, paths[j]), self._where(j), key_hint)
 
     def __len__(self):
-        return len(self._entries)
+        return len(self._paths)
 
     def _entry(self, i):
-        return self._entries[i if self._order is None else int(self._order[i])]
+        """The entry written at position i."""
+        return i if self._order is None else int(self._order[i])
+
+    def _where(self, j):
+        return os.fsdecode(self._paths[j])
 
     def _key(self, i, path):
         return index_key(i) if self.index_keys else index_key(i) + b"_" + path
 
     def samples(self, start=0):
         root = self.root
-        for i in range(start, len(self._entries)):
-            where, path, label, targets = self._entry(i)
-            yield ImageSample(i, self._key(i, path), _join(root, os.fsdecode(path)), label,
-                              where, self.options, targets)
+        for i in range(start, len(self._paths)):
+            j = self._entry(i)
+            path = self._paths[j]
+            targets = None if self._targets is None else tuple(self._targets[j].tolist())
+            yield ImageSample(i, self._key(i, path), _join(root, os.fsdecode(path)),
+                              int(self._labels[j]), self._where(j), self.options, targets)
 
     def _options_fingerprint(self):
         o = self.options
@@ -203,17 +214,24 @@ class ListFileSource(_ImageSource):
                  targets=0, index_keys=False):
         self.list_file = os.fspath(list_file)
         self.targets = int(targets)
-        entries = []
+        paths, labels, values = [], [], []
         with open(self.list_file, "rb") as f:
             lines = f.read().split(b"\n")
         while lines and not lines[-1].strip():  # trailing blank lines: not records
             lines.pop()
         for n, raw in enumerate(lines, 1):
-            where = (self.list_file, n)
-            path, label, values = parse_list_line(raw, where, self.targets)
-            entries.append((f"{self.list_file}:{n}", path, label, values))
-        super().__init__(root, entries, options, shuffle, seed, index_keys,
-                         "shorten the paths, or use index-only keys (--index_keys)")
+            path, label, floats = parse_list_line(raw, (self.list_file, n), self.targets)
+            paths.append(path)
+            labels.append(label)
+            if self.targets:
+                values.append(floats)
+        del lines
+        targets_array = np.array(values, dtype=np.float64) if self.targets else None
+        super().__init__(root, paths, labels, targets_array, options, shuffle, seed,
+                         index_keys, "shorten the paths, or use index-only keys (--index_keys)")
+
+    def _where(self, j):
+        return f"{self.list_file}:{j + 1}"  # entry j is line j + 1 (1-based, as editors count)
 
     def fingerprint(self):
         return {"source": "list", "root": os.path.abspath(self.root),
@@ -238,7 +256,7 @@ class FolderSource(_ImageSource):
         if not self.classes:
             raise SourceFormatError(f"{root} has no class subfolders (expected ROOT/<class>/"
                                     "<image files>)")
-        entries = []
+        paths, labels = [], []
         for label, name in enumerate(self.classes):
             top = os.path.join(root, name)
             for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
@@ -247,15 +265,16 @@ class FolderSource(_ImageSource):
                     if fn.lower().endswith(IMAGE_EXTENSIONS):
                         rel = os.path.relpath(os.path.join(dirpath, fn), root)
                         rel = rel.replace(os.sep, "/")
-                        entries.append((rel, os.fsencode(rel), label, None))
-        if not entries:
+                        paths.append(os.fsencode(rel))
+                        labels.append(label)
+        if not paths:
             raise SourceFormatError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                                     "in its class subfolders")
-        super().__init__(root if root.endswith(os.sep) else root + os.sep, entries, options,
-                         shuffle, seed, index_keys, "use index-only keys (--index_keys)")
+        super().__init__(root if root.endswith(os.sep) else root + os.sep, paths, labels, None,
+                         options, shuffle, seed, index_keys, "use index-only keys (--index_keys)")
 
     def fingerprint(self):
-        listing = hashlib.sha256(b"\n".join(e[1] for e in self._entries)).hexdigest()
+        listing = hashlib.sha256(b"\n".join(self._paths)).hexdigest()
         return {"source": "folder", "root": os.path.abspath(self.root),
                 "classes": self.classes, "listing_sha256": listing,
                 **self._options_fingerprint()}

@@ -271,13 +271,25 @@ def test_multi_target_list_writes_a_float_db_with_the_same_keys(tmp_path):
         assert arr.ravel().tolist() == np.float32([float(v) for v in fields[2:]]).tolist()
         assert label == int(fields[1])
         assert key.endswith(fields[0].encode())
+    # shuffled, the targets still follow their image
+    caffe_lmdb.convert_imageset(SAMPLE + "/", os.path.join(SAMPLE, "targets.txt"),
+                                tmp_path / "shuf", targets=4, shuffle=True, seed=3, workers=2)
+    by_path = {line.split(" ")[0]: line for line in lines}
+    shuffled = read_lmdb(tmp_path / "shuf_targets")
+    assert [k for k, _ in shuffled] == [k for k, _ in read_lmdb(tmp_path / "shuf")]
+    assert [k[9:] for k, _ in shuffled] != [k[9:] for k, _ in targets]
+    for key, value in shuffled:
+        expected_values = [float(v) for v in by_path[key[9:].decode()].split(" ")[2:]]
+        assert caffe_lmdb.decode(value)[0].ravel().tolist() == \
+            np.float32(expected_values).tolist()
     bad = tmp_path / "bad.txt"
     bad.write_text("circle/circle_00.jpg 0 0.1 0.2 x 0.4\n")
     with pytest.raises(ListFileError, match="bad.txt:1: target values"):
         caffe_lmdb.convert_imageset(SAMPLE, bad, tmp_path / "db2", targets=4)
 
 
-def test_a_hanging_image_is_skipped_after_the_timeout(fixtures, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hanging_image_is_skipped_after_the_timeout(tmp_path, workers):
     """A FIFO blocks the reader forever, like a decoder that hangs: the run goes on."""
     root = tmp_path / "imgs"
     root.mkdir()
@@ -288,7 +300,7 @@ def test_a_hanging_image_is_skipped_after_the_timeout(fixtures, tmp_path):
     lst.write_text("a.png 0\nb.jpg 1\nc.png 2\n")
     t = time.perf_counter()
     try:
-        s = caffe_lmdb.convert_imageset(f"{root}/", lst, tmp_path / "db", workers=2,
+        s = caffe_lmdb.convert_imageset(f"{root}/", lst, tmp_path / "db", workers=workers,
                                         timeout=0.5)
         assert time.perf_counter() - t < 20
         assert [k for k, _ in read_lmdb(tmp_path / "db")] == [b"00000000_a.png",

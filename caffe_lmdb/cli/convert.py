@@ -99,45 +99,44 @@ def _image_flags(p):
                    help="skip an image whose decoding takes longer (default %(default)g)")
 
 
+# name -> (help, positionals as (dest, metavar), image flags?, the API call)
+_CONVERTERS = {
+    "convert-imageset": (
+        "Caffe's convert_imageset: ROOTFOLDER/ + LISTFILE ('path label' lines) to an LMDB",
+        [("root", "ROOTFOLDER/"), ("list_file", "LISTFILE"), ("db", "DB_NAME")], True,
+        lambda a, opts: api.convert_imageset(a.root, a.list_file, a.db, targets=a.targets,
+                                             **opts)),
+    "convert-folder": (
+        "a folder of class subfolders to an LMDB (labels by sorted class name)",
+        [("root", "ROOT"), ("db", "DB")], True,
+        lambda a, opts: api.convert_folder(a.root, a.db, **opts)),
+    "convert-mnist": (
+        "Caffe's convert_mnist_data: MNIST idx files (gzipped or not) to an LMDB",
+        [("images", "IMAGES"), ("labels", "LABELS"), ("db", "DB")], False,
+        lambda a, opts: api.convert_mnist(a.images, a.labels, a.db, **opts)),
+    "convert-cifar": (
+        "Caffe's convert_cifar_data: CIFAR-10 binary batches to train and test LMDBs",
+        [("input", "INPUT_FOLDER"), ("output", "OUTPUT_FOLDER")], False,
+        lambda a, opts: api.convert_cifar(a.input, a.output, **opts)),
+}
+
+
 def register(sub):
-    p = sub.add_parser("convert-imageset", help="Caffe's convert_imageset: a list file of "
-                       "images to an LMDB",
-                       description="Convert ROOTFOLDER/ + LISTFILE ('path label' lines) into "
-                       "an LMDB of Datum records, as Caffe's convert_imageset does.")
-    p.add_argument("root", metavar="ROOTFOLDER/")
-    p.add_argument("list_file", metavar="LISTFILE")
-    p.add_argument("db", metavar="DB_NAME")
-    _image_flags(p)
-    p.add_argument("--targets", type=int, default=0, metavar="K",
-                   help="lines are 'path label v1 .. vK': also write the K values to a float "
-                        "LMDB DB_NAME_targets with the same keys")
-    _common(p)
-    p.set_defaults(func=_imageset)
-
-    p = sub.add_parser("convert-folder", help="a folder of class subfolders to an LMDB "
-                       "(labels by sorted class name)")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("db", metavar="DB")
-    _image_flags(p)
-    _common(p)
-    p.set_defaults(func=_folder)
-
-    p = sub.add_parser("convert-mnist", help="Caffe's convert_mnist_data: MNIST idx files "
-                       "(gzipped or not) to an LMDB")
-    p.add_argument("images", metavar="IMAGES")
-    p.add_argument("labels", metavar="LABELS")
-    p.add_argument("db", metavar="DB")
-    _common(p)
-    p.set_defaults(func=_mnist)
-
-    p = sub.add_parser("convert-cifar", help="Caffe's convert_cifar_data: CIFAR-10 binary "
-                       "batches to train and test LMDBs")
-    p.add_argument("input", metavar="INPUT_FOLDER")
-    p.add_argument("output", metavar="OUTPUT_FOLDER")
-    p.add_argument("db_type", nargs="?", default=None, metavar="DB_TYPE",
-                   help="lmdb (Caffe's third argument; optional)")
-    _common(p)
-    p.set_defaults(func=_cifar)
+    for name, (help_, positionals, images, call) in _CONVERTERS.items():
+        p = sub.add_parser(name, help=help_, description=help_ + ".")
+        for dest, metavar in positionals:
+            p.add_argument(dest, metavar=metavar)
+        if name == "convert-cifar":
+            p.add_argument("db_type", nargs="?", default=None, metavar="DB_TYPE",
+                           help="lmdb (Caffe's third argument; optional)")
+        if images:
+            _image_flags(p)
+        if name == "convert-imageset":
+            p.add_argument("--targets", type=int, default=0, metavar="K",
+                           help="lines are 'path label v1 .. vK': also write the K values to a "
+                                "float LMDB DB_NAME_targets with the same keys")
+        _common(p)
+        p.set_defaults(func=_converter(name, images, call))
 
     p = sub.add_parser("demo", help="convert the sample images shipped with caffe_lmdb and "
                        "print the summary")
@@ -185,55 +184,35 @@ def _check_backend(args):
                           "only (--backend=lmdb)")
 
 
-def _run_options(args):
+def _options(args, images):
+    """The API keywords the parsed flags stand for."""
     opts = dict(overwrite=args.overwrite, resume=args.resume)
     if args.map_size:
         opts["map_size"] = args.map_size
+    if images:
+        opts.update(gray=args.gray, shuffle=args.shuffle, seed=args.seed,
+                    resize_height=args.resize_height, resize_width=args.resize_width,
+                    check_size=args.check_size, encoded=args.encoded,
+                    encode_type=args.encode_type, index_keys=args.index_keys,
+                    strict=args.strict, workers=args.workers, executor=args.executor,
+                    timeout=args.timeout or None)
     return opts
 
 
-def _image_options(args):
-    return dict(gray=args.gray, shuffle=args.shuffle, seed=args.seed,
-                resize_height=args.resize_height, resize_width=args.resize_width,
-                check_size=args.check_size, encoded=args.encoded,
-                encode_type=args.encode_type, index_keys=args.index_keys, strict=args.strict,
-                workers=args.workers, executor=args.executor, timeout=args.timeout or None)
+def _converter(name, images, call):
+    """The command function: check the backend, convert with a progress bar, print the
+    summary (or summaries: convert-cifar writes two databases)."""
+    def command(args):
+        _check_backend(args)
+        opts = _options(args, images)
+        result = _with_progress(args, name, lambda progress: call(args, dict(opts,
+                                                                             progress=progress)))
+        if not args.quiet:
+            for summary in (result if isinstance(result, tuple) else [result]):
+                print(summary)
+        return 0
 
-
-def _report(args, summaries):
-    if not args.quiet:
-        for s in summaries:
-            print(s)
-    return 0
-
-
-def _imageset(args):
-    _check_backend(args)
-    summary = _with_progress(args, "convert-imageset", lambda progress: api.convert_imageset(
-        args.root, args.list_file, args.db, targets=args.targets, progress=progress,
-        **_image_options(args), **_run_options(args)))
-    return _report(args, [summary])
-
-
-def _folder(args):
-    _check_backend(args)
-    summary = _with_progress(args, "convert-folder", lambda progress: api.convert_folder(
-        args.root, args.db, progress=progress, **_image_options(args), **_run_options(args)))
-    return _report(args, [summary])
-
-
-def _mnist(args):
-    _check_backend(args)
-    summary = _with_progress(args, "convert-mnist", lambda progress: api.convert_mnist(
-        args.images, args.labels, args.db, progress=progress, **_run_options(args)))
-    return _report(args, [summary])
-
-
-def _cifar(args):
-    _check_backend(args)
-    summaries = _with_progress(args, "convert-cifar", lambda progress: api.convert_cifar(
-        args.input, args.output, progress=progress, **_run_options(args)))
-    return _report(args, summaries)
+    return command
 
 
 def _demo(args):
