@@ -39,7 +39,9 @@ from .convert import (
     convert_mnist,
     write_arrays,
 )
-from .mean import read_mean, write_mean
+from .features import (FeatureKeyWarning, feature_names, features_to_npy, read_features,
+                       write_features)
+from .mean import channel_means, compute_mean, read_mean, write_mean
 from .reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
 __version__ = "0.1.0"
@@ -51,6 +53,8 @@ __all__ = [
     "decode", "decode_batch", "encode_image", "image_to_datum",
     "read_mean", "write_mean",
     "open", "DatumDB",
+    "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
+    "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
     "DatumWriter", "Summary",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",

@@ -24,7 +24,7 @@ import numpy as np
 
 from .codec import datum_bytes, decode_batch, parse_datum
 from .errors import NotADatumDBError, ShapeMismatchError, _show_key
-from .reader import DatumDB, _DenseKeys
+from .reader import DatumDB, _DenseKeys, _RangeKeys
 from .reader import open as open_db
 from .sources import parse_list_line
 
@@ -92,25 +92,45 @@ def _shape(db):
     return shape
 
 
-def _fill(db, rows, shape, write, progress=None):
-    """Decode every record (key order, a chunk at a time) and hand ``write(rows, block)`` the
-    float32 (k, C, H, W) block of each chunk with the output rows of its records."""
+def _chunk_records(db):
+    """Records per chunk: about 4 MiB of values (decode_batch joins a chunk's values into one
+    bytes object; a chunk that stays in the CPU cache decodes about 3x faster)."""
+    with db._txn() as txn:
+        size = len(txn.get(db.keys()[0]))
+    return min(_CHUNK, max(16, (4 << 20) // max(size, 1)))
+
+
+def _fill(db, rows, shape, write, progress=None, target=None):
+    """Decode every record (key order, a chunk at a time). ``target(r)`` may return the output
+    array slice for rows ``r`` (decoded straight into it); otherwise the float32 (k, C, H, W)
+    block of the chunk is handed to ``write(r, block)``."""
     index = db.keys()
     n = len(index)
-    block = np.empty((min(n, _CHUNK),) + shape, np.float32)
+    chunk = _chunk_records(db)
+    block = np.empty((min(n, chunk),) + shape, np.float32)
     labels = np.empty(len(block), np.int64)
-    for start, values in db._value_chunks(_CHUNK):
+    for start, values in db._value_chunks(chunk):
         k = len(values)
         here = db._probe(values[0], index[start])[0]
         if here != shape:
             raise ShapeMismatchError(f"{db.path}: record {_show_key(index[start])} has shape "
                                      f"{here}, the first record {shape}: features of one blob "
                                      "share one shape")
-        decode_batch(values, out=block[:k], labels_out=labels[:k],
-                     keys=index[start:start + k])
-        write(rows[start:start + k], block[:k])
+        r = rows[start:start + k]
+        out = target(r) if target is not None else None
+        decode_batch(values, out=block[:k] if out is None else out, labels_out=labels[:k],
+                     keys=_RangeKeys(index, start))
+        if out is None:
+            write(r, block[:k])
         if progress is not None:
             progress(start + k, n)
+
+
+def _run(r):
+    """(first, stop) when rows r are consecutive and ascending, else None."""
+    if r[-1] - r[0] == len(r) - 1 and (len(r) == 1 or r[1] > r[0]):
+        return int(r[0]), int(r[-1]) + 1
+    return None
 
 
 def read_features(source, flat=False, return_index=False, progress=None):
@@ -128,13 +148,14 @@ def read_features(source, flat=False, return_index=False, progress=None):
     shape = _shape(db)
     out = np.empty((n,) + shape, np.float32)
 
-    def write(r, block):
-        if r[-1] - r[0] == len(r) - 1 and (len(r) == 1 or r[1] > r[0]):
-            out[r[0]:r[-1] + 1] = block  # rows in order: one copy
-        else:
-            out[r] = block
+    def target(r):
+        run = _run(r)
+        return None if run is None else out[run[0]:run[1]]
 
-    _fill(db, rows, shape, write, progress)
+    def write(r, block):
+        out[r] = block
+
+    _fill(db, rows, shape, write, progress, target)
     if flat:
         out = out.reshape(n, -1)
     return (out, indices) if return_index else out

@@ -32,7 +32,8 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from itertools import islice
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain, islice
 
 import lmdb
 import numpy as np
@@ -46,12 +47,11 @@ __all__ = ["open", "DatumDB", "describe_bytes"]
 _builtin_open = open
 _CHANNEL_ORDERS = ("BGR", "RGB")
 _LAYOUTS = ("CHW", "HWC")
-_SCAN_CHUNK = 1 << 16
-# decode_batch joins the values of a call into one bytes object before its vectorized decode;
-# records up to this size take that path, so a batch of them is decoded in two calls to keep
-# that transient copy at half a batch (see _decode_plan).
-_JOIN_LIMIT = 1 << 16
-_SPLIT_FROM = 256
+_SCAN_CHUNK = 1 << 14
+# Low-memory mode (batches(reuse=True)): records gathered and decoded this many at a time.
+# decode_batch joins the values of a call into one bytes object (and its transient peak is
+# about twice that); in chunks of 64 that stays a fraction of a batch, at some 20 us a call.
+_LOW_MEMORY_STEP = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +220,9 @@ _REGISTRY = _Registry()
 
 def _forked_child_cleanup():
     # A lock held by another thread at fork time stays locked forever in the child.
+    global _POOL_LOCK
     _REGISTRY.lock = threading.Lock()
+    _POOL_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -389,16 +391,34 @@ class _Recycler:
         self.arrays = []
 
     def get(self, shape, dtype, reuse=False):
+        """An array of ``shape``: a recycled one (or the first rows of a larger one, for a
+        short last batch), else a new one."""
         arrays = self.arrays
         for i in range(len(arrays)):
             a = arrays[i]
-            if a.shape == shape and a.dtype == dtype and (reuse or sys.getrefcount(arrays[i]) <= 3):
-                return a
+            if (a.shape[1:] == shape[1:] and a.shape[0] >= shape[0] and a.dtype == dtype
+                    and (reuse or sys.getrefcount(arrays[i]) <= 3)):
+                return a if a.shape[0] == shape[0] else a[:shape[0]]
         a = np.empty(shape, dtype)
         arrays.append(a)
         if len(arrays) > self.keep:
             del arrays[0]
         return a
+
+
+_POOL = [None, None]  # (executor, pid)
+_POOL_LOCK = threading.Lock()
+
+
+def _decode_pool():
+    """Threads (one per core) decoding encoded images: OpenCV releases the GIL while it
+    decodes. A forked child gets a new pool: the parent's threads do not exist there."""
+    with _POOL_LOCK:
+        if _POOL[0] is None or _POOL[1] != os.getpid():
+            _POOL[0] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                          thread_name_prefix="caffe_lmdb-read")
+            _POOL[1] = os.getpid()
+        return _POOL[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,8 +470,8 @@ class DatumDB:
         self._env = self._ident = self._env_pid = None
         self._index = None
         self._expected_len = None
-        self._encoded_shape = None
         self._epoch = 0
+        self._encoded_shape = None  # (shape, dtype) of the last encoded batch's images
         self._recycler = _Recycler()
         self._scratch = {}
 
@@ -474,6 +494,13 @@ class DatumDB:
                                                        self.options["readahead"])
             self._env_pid = pid
         return self._env
+
+    @property
+    def env(self):
+        """This process's py-lmdb Environment of the database (read-only, shared by every
+        DatumDB on these files: do not close it). For raw access beside the reader, since
+        py-lmdb >= 2 refuses a second ``lmdb.open`` of the same files in a process."""
+        return self._environment()
 
     def _load(self):
         env = self._environment()
@@ -627,8 +654,10 @@ class DatumDB:
           one). Shuffled sharding needs a ``seed`` shared by all ranks.
         * ``drop_last``: leave out the last batch when it is short.
         * ``reuse=False``: each batch is new to its consumer, but its arrays are recycled
-          once nothing refers to them any more; ``reuse=True`` refills the same arrays for
-          every batch (valid only until the next one: least memory).
+          once nothing refers to them any more (fresh memory costs a page fault per 4 KiB,
+          more than decoding small records). ``reuse=True`` refills the same arrays for every
+          batch, so a batch is valid only until the next one is asked for; it is the
+          low-memory mode (about 1.5 x one batch at the peak, see docs/readers.md).
 
         All records of a batch must have one shape (else ShapeMismatchError naming the
         first record that differs). Encoded records are decoded on a thread per core.
@@ -664,10 +693,13 @@ class DatumDB:
                 yield self._read_positions(positions[start:stop], fresh=False, reuse=reuse)
 
     def _read_range(self, start, count, reuse=False):
+        keys = _RangeKeys(self._keys(), start)
         with self._txn() as txn:
-            values = self._gather_range(txn, start, count)
-            return self._decode_values(values, _RangeKeys(self._index, start), fresh=False,
-                                       reuse=reuse)
+            if not reuse:
+                chunks = [self._gather_range(txn, start, count)]
+            else:  # low-memory mode: gather and decode a few records at a time
+                chunks = self._gather_chunks(txn, start, count, _LOW_MEMORY_STEP)
+            return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse)
 
     def _read_positions(self, positions, fresh, reuse=False):
         index = self._keys()
@@ -681,20 +713,28 @@ class DatumDB:
                 values[j] = value
             if None in found:
                 _changed(self.path, keys[found.index(None)])
-            return self._decode_values(values, _KeysAt(index, positions), fresh=fresh,
-                                       reuse=reuse)
+            step = _LOW_MEMORY_STEP if reuse else len(values)
+            chunks = [values[a:a + step] for a in range(0, len(values), step)]
+            return self._decode_values(chunks, _KeysAt(index, positions), len(values),
+                                       fresh=fresh, reuse=reuse)
 
-    def _gather_range(self, txn, start, count):
-        """The values of positions start .. start + count - 1: one cursor run."""
+    def _gather_chunks(self, txn, start, count, step):
+        """Like _gather_range, as successive lists of at most ``step`` values."""
         index = self._keys()
         cursor = txn.cursor()
         first = index[start]
         if not cursor.set_key(first):
             _changed(self.path, first)
-        values = list(islice(cursor.iternext(keys=False, values=True), count))
-        if len(values) != count:
-            _changed(self.path, first)
-        return values
+        it = cursor.iternext(keys=False, values=True)
+        for a in range(0, count, step):
+            values = list(islice(it, min(step, count - a)))
+            if len(values) != min(step, count - a):
+                _changed(self.path, first)
+            yield values
+
+    def _gather_range(self, txn, start, count):
+        """The values of positions start .. start + count - 1: one cursor run."""
+        return next(self._gather_chunks(txn, start, count, count))
 
     def _value_chunks(self, chunk=1024, start=0, stop=None):
         """Yield ``(start_position, values)`` in key order; the values are memoryviews that
@@ -709,61 +749,126 @@ class DatumDB:
     # -- decoding into the requested layout ---------------------------------------------------
 
     def _probe(self, value, key):
-        """(shape, dtype, is_pixels, encoded) of a record without decoding it; the shape of an
-        encoded record is a guess (the last batch's), None at first."""
+        """(shape, dtype, is_pixels, encoded) of a record without decoding it (the shape of an
+        encoded record is None: only decoding tells)."""
         try:
             f = parse_datum(value)
         except DatumDecodeError as exc:
             raise DatumDecodeError(str(exc), key) from exc
         if f.encoded:
-            return self._encoded_shape, np.dtype(np.uint8), True, True
+            return None, np.dtype(np.uint8), True, True
         shape = (f.channels, f.height, f.width)
         if f.data is not None and f.data[1]:
             return shape, np.dtype(np.uint8), True, False
         return shape, np.dtype(np.float32), False, False
 
-    def _decode_values(self, values, keys, fresh, reuse=False):
-        shape, native, pixels, encoded = self._probe(values[0], keys[0])
-        if shape is not None:
-            try:
-                return self._decode_as(values, keys, shape, native, pixels, encoded, fresh,
-                                       reuse)
-            except _WrongGuess:
-                pass
-        # an encoded batch with no (or a wrong) guess: its first image gives the shape
-        shape = self._encoded_shape = decode(values[0], self.color)[0].shape
-        return self._decode_as(values, keys, shape, native, pixels, encoded, fresh, reuse)
-
-    def _decode_as(self, values, keys, shape, native, pixels, encoded, fresh, reuse):
-        n = len(values)
+    def _outputs(self, n, shape, native, fresh, reuse):
         out_shape = (n,) + (shape if self.layout == "CHW" else shape[1:] + shape[:1])
         dtype = self.dtype or native
         if fresh:
-            images, labels = np.empty(out_shape, dtype), np.empty(n, np.int64)
-        else:
-            images = self._recycler.get(out_shape, dtype, reuse)
-            labels = self._recycler.get((n,), np.dtype(np.int64), reuse)
+            return np.empty(out_shape, dtype), np.empty(n, np.int64)
+        return (self._recycler.get(out_shape, dtype, reuse),
+                self._recycler.get((n,), np.dtype(np.int64), reuse))
+
+    def _decode_values(self, chunks, keys, n, fresh, reuse=False):
+        """Decode ``n`` records, given as successive lists of values (one decode_batch call
+        each), into one batch."""
+        chunks = iter(chunks)
+        first = next(chunks)
+        shape, native, pixels, encoded = self._probe(first[0], keys[0])
+        if encoded:
+            values = first + [v for chunk in chunks for v in chunk]
+            return self._decode_encoded(values, keys, fresh, reuse)
+        images, labels = self._outputs(n, shape, native, fresh, reuse)
         direct = self.layout == "CHW" and not (pixels and self._flip(shape))
-        for a, b in _decode_plan(n, encoded or len(values[0]) > _JOIN_LIMIT or not reuse):
+        a = 0
+        for values in chain([first], chunks):
+            b = a + len(values)
             if a:
-                here = self._probe(values[a], keys[a])[0]
+                here = self._probe(values[0], keys[a])[0]
                 if here != shape:
                     raise ShapeMismatchError(
                         f"record {_show_key(keys[a])} has shape {here}, but the batch's first "
                         f"record ({_show_key(keys[0])}) has {shape}")
             target = images[a:b] if direct else self._scratch_for((b - a,) + shape, native)
-            try:
-                decode_batch(values[a:b], out=target, labels_out=labels[a:b],
-                             color=self.color, keys=_Shifted(keys, a))
-            except (ShapeMismatchError, DatumDecodeError):
-                raise
-            except ValueError:
-                if encoded:  # the first image is not of the last batch's shape
-                    raise _WrongGuess() from None
-                raise
+            decode_batch(values, out=target, labels_out=labels[a:b], color=self.color,
+                         keys=_Shifted(keys, a))
             if not direct:
                 self._arrange(target, images[a:b], pixels)
+            a = b
         return images, labels
+
+    def _decode_image(self, value, key):
+        try:
+            return decode(value, self.color)
+        except DatumDecodeError as exc:
+            raise DatumDecodeError(str(exc), key) from exc
+
+    def _decode_encoded(self, values, keys, fresh, reuse):
+        """Encoded records: each image decoded on a thread per core and written by that thread
+        straight into its slot of the batch, in the requested layout (a CHW slot is filled
+        with cv2.split, some 10x faster than NumPy's transposing copy). The batch is allocated
+        with the shape of the previous batch's images; the first batch (or one whose images
+        changed shape) decodes its first image alone to learn it."""
+        guess = self._encoded_shape
+        if guess is not None:
+            result = self._decode_encoded_as(values, keys, fresh, reuse, guess, 0)
+            if result is not None:
+                return result
+        first, label = self._decode_image(values[0], keys[0])
+        self._encoded_shape = (first.shape, first.dtype)
+        images, labels = self._decode_encoded_as(values, keys, fresh, reuse,
+                                                 self._encoded_shape, 1)
+        self._place(first, images[0])
+        labels[0] = label
+        return images, labels
+
+    def _decode_encoded_as(self, values, keys, fresh, reuse, guess, start):
+        """Decode values[start:] into a batch of images of shape ``guess``; None when the
+        first image is not of that shape (the caller starts over)."""
+        shape, dtype = guess
+        images, labels = self._outputs(len(values), shape, dtype, fresh, reuse)
+
+        def work(j):
+            try:
+                arr, label = self._decode_image(values[j], keys[j])
+            except DatumDecodeError as exc:
+                return exc
+            if arr.shape != shape or arr.dtype != dtype:
+                return _Mismatch(j, arr)
+            self._place(arr, images[j])
+            labels[j] = label
+            return None
+
+        for error in _decode_pool().map(work, range(start, len(values))):
+            if isinstance(error, _Mismatch):
+                if error.index == 0:
+                    return None
+                raise ShapeMismatchError(
+                    f"record {_show_key(keys[error.index])} decodes to shape "
+                    f"{error.array.shape} ({error.array.dtype}), but the batch's first record "
+                    f"({_show_key(keys[0])}) has {shape} ({dtype})")
+            if error is not None:
+                raise error
+        return images, labels
+
+    def _place(self, chw, dest):
+        """Write one decoded (C, H, W) image (a view of OpenCV's H x W x C array) into its
+        slot of the batch, in the requested channel order, layout and dtype."""
+        c = chw.shape[0]
+        flip = c == 3 and self.channel_order == "RGB"
+        if dest.dtype == chw.dtype and c > 1:
+            hwc = chw.transpose(1, 2, 0)
+            if self.layout == "CHW" and hwc.flags.c_contiguous:
+                planes = [dest[i] for i in (range(c - 1, -1, -1) if flip else range(c))]
+                cv2 = _cv2()
+                cv2.split(hwc, planes)
+                return
+            if self.layout == "HWC":
+                dest[...] = hwc[:, :, ::-1] if flip else hwc
+                return
+        src = chw[::-1] if flip else chw
+        dest[...] = src if self.layout == "CHW" else src.transpose(1, 2, 0)
 
     def _flip(self, shape):
         return self.channel_order == "RGB" and shape[0] == 3
@@ -788,8 +893,9 @@ _DEFAULTS = dict(channel_order="BGR", layout="CHW", dtype=None, color=None, read
                  lock=False)
 
 
-class _WrongGuess(Exception):
-    """An encoded batch whose images are not of the shape of the previous batch."""
+class _Mismatch:
+    def __init__(self, index, array):
+        self.index, self.array = index, array
 
 
 class _Shifted:
@@ -800,16 +906,10 @@ class _Shifted:
         return self.keys[self.offset + i]
 
 
-def _decode_plan(n, whole):
-    """Slices of a batch handed to decode_batch. decode_batch joins the values of small raw
-    records into one bytes object (a transient copy) before decoding them in one vectorized
-    step. In the low-memory mode (``reuse=True``) a large batch of them goes in two calls, so
-    that copy is half a batch (each call costs some 20 us, which is why the default mode
-    makes one). Large and encoded records are decoded one by one there: one call."""
-    if whole or n < _SPLIT_FROM:
-        return [(0, n)]
-    half = (n + 1) // 2
-    return [(0, half), (half, n)]
+def _cv2():
+    import cv2  # only encoded records need OpenCV
+
+    return cv2
 
 
 def _as_key(key):

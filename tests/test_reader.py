@@ -88,15 +88,17 @@ def test_encoded_color_modes(fixtures):
 
 @pytest.mark.parametrize("order,layout,dtype", [("RGB", "CHW", None), ("BGR", "HWC", None),
                                                 ("RGB", "HWC", "float32"),
-                                                ("BGR", "CHW", "float64")])
-def test_channel_order_layout_dtype(fixtures, order, layout, dtype):
+                                                ("BGR", "CHW", "float64"),
+                                                ("BGR", "CHW", None), ("RGB", "HWC", None)])
+@pytest.mark.parametrize("name", ["imageset_raw_32x32", "imageset_encoded_png_32x32"])
+def test_channel_order_layout_dtype(fixtures, name, order, layout, dtype):
+    # the PNGs decode to exactly the raw records' pixels (PNG is lossless)
     exp = expected(fixtures, "imageset_raw_32x32")["array"]
     want = exp[:, ::-1] if order == "RGB" else exp
     if layout == "HWC":
         want = want.transpose(0, 2, 3, 1)
     want = want.astype(dtype or np.uint8)
-    db = caffe_lmdb.open(fixtures / "imageset_raw_32x32", channel_order=order, layout=layout,
-                         dtype=dtype)
+    db = caffe_lmdb.open(fixtures / name, channel_order=order, layout=layout, dtype=dtype)
     x, _ = next(db.batches(24))
     assert x.dtype == want.dtype and x.flags.c_contiguous
     np.testing.assert_array_equal(x, want)

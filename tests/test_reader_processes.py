@@ -52,3 +52,18 @@ def _try_open(path):
     except lmdb.Error as exc:
         return str(exc)
     return "opened"
+
+
+def test_encoded_batches_in_a_forked_child_after_the_parent(fixtures):
+    """The parent decodes encoded batches (starting its decoding threads) before forking: a
+    child must not wait on threads that do not exist in it."""
+    db = caffe_lmdb.open(fixtures / "imageset_encoded_png_32x32")
+    want = [int(v) for _, y in db.batches(8) for v in y]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_encoded_labels, (db,)).get(timeout=60)
+    assert got == want
+
+
+def _encoded_labels(db):
+    return [int(v) for _, y in db.batches(8) for v in y]

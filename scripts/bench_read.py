@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Benchmark of the read side, in one run, against baselines measured in the same run.
+
+Generates, in a temporary folder (removed at the end unless --keep):
+
+* small: 60,000 records of 1x28x28 uint8 (MNIST-sized), keys %08d;
+* large: 5,000 records of 3x256x256 uint8 (ImageNet-sized after resize), keys %08d;
+* features: 10,000 extract_features records of 4096 floats, keys %010d;
+* jpeg: 2,000 encoded 500x375 JPEG records.
+
+and prints records/s and ratios for:
+
+* a full pass with ``DatumDB.batches()``, sequential and shuffled, against the pycaffe-style
+  loop (cursor + ParseFromString + np.frombuffer, one record at a time) and against the
+  floor (a cursor scan that only copies each value's bytes into a preallocated buffer);
+* ``read_features`` against ``np.array(datum.float_data)`` per record;
+* ``batches()`` over the JPEG records against a single-thread loop of ParseFromString +
+  cv2.imdecode, as a multiple of (cores x that loop);
+* the peak memory of a full pass (tracemalloc, which sees NumPy's buffers too), against one
+  batch plus the key index.
+
+Each timing is the best of --repeat runs (page cache warm: the first pass of each database
+is a warm-up). Targets from the issue are printed beside each ratio.
+"""
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import cv2
+import lmdb
+import numpy as np
+
+import caffe_lmdb
+from caffe_lmdb.codec import Datum, array_to_datum_bytes, datum_bytes
+from caffe_lmdb.features import read_features
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def _write(path, records, map_size):
+    env = lmdb.open(path, map_size=map_size, meminit=False, sync=False)
+    txn = env.begin(write=True)
+    for i, (key, value) in enumerate(records):
+        txn.put(key, value, append=True)
+        if i % 1000 == 999:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.commit()
+    env.sync()
+    env.close()
+
+
+def make_images(path, n, shape, seed):
+    rng = np.random.default_rng(seed)
+
+    def records():
+        block = 100
+        for start in range(0, n, block):
+            images = rng.integers(0, 256, (min(block, n - start),) + shape, dtype=np.uint8)
+            for j, image in enumerate(images):
+                yield b"%08d" % (start + j), array_to_datum_bytes(image, (start + j) % 1000)
+
+    per = int(np.prod(shape)) + 64
+    _write(path, records(), map_size=max(64 << 20, 2 * n * (per + 4096)))
+
+
+def make_features(path, n, dim, seed):
+    rng = np.random.default_rng(seed)
+
+    def records():
+        for start in range(0, n, 500):
+            block = rng.standard_normal((min(500, n - start), dim), dtype=np.float32)
+            for j, row in enumerate(block):
+                yield b"%010d" % (start + j), datum_bytes(dim, 1, 1, float_data=row)
+
+    _write(path, records(), map_size=2 * n * (5 * dim + 4096))
+
+
+def make_jpegs(path, n, seed, distinct=40):
+    """Photo-like 500x375 JPEGs (smooth colour fields, edges and some noise), quality 90."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for _ in range(distinct):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        img = cv2.resize(small, (500, 375), interpolation=cv2.INTER_CUBIC)
+        for _ in range(6):
+            x, y = rng.integers(0, 450), rng.integers(0, 330)
+            cv2.rectangle(img, (int(x), int(y)), (int(x) + 60, int(y) + 40),
+                          tuple(int(v) for v in rng.integers(0, 256, 3)), -1)
+        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+        files.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+
+    def records():
+        for i in range(n):
+            yield b"%08d" % i, datum_bytes(data=files[i % distinct], label=i % 10,
+                                           encoded=True)
+
+    _write(path, records(), map_size=2 * n * (len(max(files, key=len)) + 4096))
+    return sum(map(len, files)) / distinct
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def best(fn, repeat):
+    fn()  # warm-up: page cache, memory maps, header cache
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _env(db):
+    """The raw environment for the baselines: the reader's own (py-lmdb >= 2 refuses a second
+    open of the same files in one process); it is opened readonly, lock=False, no readahead."""
+    return db.env
+
+
+def floor_pass(env, batch_size, max_len):
+    """The floor: scan values, copy each one's bytes into a preallocated batch buffer."""
+    buf = np.empty(batch_size * max_len, np.uint8)
+    mv = memoryview(buf)
+    with env.begin(buffers=True) as txn:
+        slot = 0
+        for value in txn.cursor().iternext(keys=False, values=True):
+            at = slot * max_len
+            mv[at:at + len(value)] = value
+            slot = slot + 1 if slot + 1 < batch_size else 0
+
+
+def pycaffe_pass(env):
+    """What pycaffe users write: cursor, ParseFromString, np.frombuffer, one record a time."""
+    datum = Datum()
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            datum.ParseFromString(value)
+            arr = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height,
+                                                              datum.width)
+            label = datum.label
+    return arr, label
+
+
+def batches_pass(db, batch_size, shuffle):
+    for images, labels in db.batches(batch_size, shuffle=shuffle, seed=1 if shuffle else None):
+        pass
+
+
+def float_data_pass(env):
+    datum = Datum()
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            datum.ParseFromString(value)
+            arr = np.array(datum.float_data, np.float32).reshape(datum.channels, datum.height,
+                                                                 datum.width)
+    return arr
+
+
+def imdecode_pass(env):
+    datum = Datum()
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            datum.ParseFromString(value)
+            img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+    return img
+
+
+def max_value_len(env):
+    with env.begin(buffers=True) as txn:
+        return max(len(v) for v in txn.cursor().iternext(keys=False, values=True))
+
+
+def rss_anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_pass(path, batch_size, reuse):
+    """Peak traced memory of one full pass, measured after the key index is built."""
+    db = caffe_lmdb.open(path)
+    index_bytes = db.keys().nbytes
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    rss0 = rss_anon()
+    batch_bytes = 0
+    for images, labels in db.batches(batch_size, reuse=reuse):
+        batch_bytes = max(batch_bytes, images.nbytes + labels.nbytes)
+    del images, labels
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    rss = rss_anon() - rss0
+    db.close()
+    return peak, batch_bytes, index_bytes, rss
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def rate(n, seconds):
+    return n / seconds
+
+
+def line(name, n, seconds, extra=""):
+    print(f"  {name:<44} {rate(n, seconds):>12,.0f} rec/s  {seconds * 1e6 / n:8.2f} us/rec"
+          f"{extra}")
+
+
+def verdict(ok):
+    return "met" if ok else "NOT met"
+
+
+def bench_images(label, path, n, batch_size, repeat, targets):
+    db = caffe_lmdb.open(path)
+    env = _env(db)
+    max_len = max_value_len(env)
+    print(f"\n{label}: {n:,} records, batch {batch_size}, data.mdb "
+          f"{os.path.getsize(os.path.join(path, 'data.mdb')) / 2**20:,.0f} MiB")
+    t_floor = best(lambda: floor_pass(env, batch_size, max_len), repeat)
+    t_py = best(lambda: pycaffe_pass(env), repeat)
+    t_seq = best(lambda: batches_pass(db, batch_size, False), repeat)
+    t_shuf = best(lambda: batches_pass(db, batch_size, True), repeat)
+    line("floor (cursor scan, copy value bytes)", n, t_floor)
+    line("pycaffe-style (ParseFromString+frombuffer)", n, t_py)
+    line("batches() sequential", n, t_seq)
+    line("batches() shuffled", n, t_shuf)
+    r_py, r_floor, r_shuf = t_py / t_seq, t_floor / t_seq, t_shuf / t_seq
+    print(f"  sequential vs pycaffe-style: {r_py:.2f}x (target >= {targets['pycaffe']}x: "
+          f"{verdict(r_py >= targets['pycaffe'])})")
+    print(f"  sequential vs floor: {r_floor:.2f}x the floor's speed (target: within 2x, i.e. "
+          f">= 0.5x: {verdict(r_floor >= 0.5)})")
+    print(f"  shuffled vs sequential: {1 / r_shuf:.2f}x the sequential speed (target: within "
+          f"2x, i.e. >= 0.5x: {verdict(r_shuf <= 2)})")
+    db.close()
+
+
+def bench_features(path, n, dim, repeat):
+    db = caffe_lmdb.open(path)
+    env = _env(db)
+    print(f"\nfeatures: {n:,} records of {dim} floats (extract_features, %010d keys)")
+    t_py = best(lambda: float_data_pass(env), repeat)
+    t_ours = best(lambda: read_features(db), repeat)
+    line("np.array(datum.float_data) per record", n, t_py)
+    line("read_features()", n, t_ours)
+    r = t_py / t_ours
+    print(f"  read_features vs float_data loop: {r:.1f}x (target >= 10x: {verdict(r >= 10)})")
+    db.close()
+
+
+def bench_jpeg(path, n, batch_size, repeat, jpeg_bytes):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    db = caffe_lmdb.open(path)
+    env = _env(db)
+    print(f"\njpeg: {n:,} encoded 500x375 JPEGs (~{jpeg_bytes / 1024:.0f} KB each), batch "
+          f"{batch_size}, {cores} cores")
+    t_one = best(lambda: imdecode_pass(env), repeat)
+    t_ours = best(lambda: batches_pass(db, batch_size, False), repeat)
+    line("single thread: ParseFromString + imdecode", n, t_one)
+    line("batches() (decoded on a thread per core)", n, t_ours)
+    r = t_one / t_ours
+    print(f"  batches vs single thread: {r:.2f}x = {r / cores:.2f} x cores (target >= 0.85 x "
+          f"cores = {0.85 * cores:.2f}x: {verdict(r >= 0.85 * cores)})")
+    db.close()
+
+
+def bench_memory(label, path, batch_size):
+    print(f"\nmemory, {label}: peak traced memory of a full pass (after the key index is built)")
+    for reuse in (True, False):
+        peak, batch, index, rss = memory_pass(path, batch_size, reuse)
+        allowance = 2 * batch + index
+        print(f"  reuse={reuse!s:<5}: peak {peak / 1024:,.0f} KiB = {peak / batch:.2f} x one batch "
+              f"({batch / 1024:,.0f} KiB); key index {index:,} B; RssAnon change "
+              f"{rss / 1024:+,.0f} KiB; target < 2 x batch + index = {allowance / 1024:,.0f} "
+              f"KiB: {verdict(peak < allowance)}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", help="where to generate the databases (default: a new "
+                        "temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated databases")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument("--quick", action="store_true", help="smaller databases (smoke test)")
+    args = parser.parse_args(argv)
+    scale = 10 if args.quick else 1
+    root = args.dir or tempfile.mkdtemp(prefix="bench_read_")
+    os.makedirs(root, exist_ok=True)
+    sizes = dict(small=60000 // scale, large=5000 // scale, feats=10000 // scale,
+                 jpeg=2000 // scale)
+    try:
+        paths = {name: os.path.join(root, name) for name in sizes}
+        t0 = time.perf_counter()
+        if not os.path.exists(paths["small"]):
+            make_images(paths["small"], sizes["small"], (1, 28, 28), 1)
+        if not os.path.exists(paths["large"]):
+            make_images(paths["large"], sizes["large"], (3, 256, 256), 2)
+        if not os.path.exists(paths["feats"]):
+            make_features(paths["feats"], sizes["feats"], 4096, 3)
+        jpeg_bytes = None
+        if not os.path.exists(paths["jpeg"]):
+            jpeg_bytes = make_jpegs(paths["jpeg"], sizes["jpeg"], 4)
+        if jpeg_bytes is None:
+            with caffe_lmdb.open(paths["jpeg"]) as db, db.env.begin() as txn:
+                jpeg_bytes = len(txn.get(b"%08d" % 0))
+        print(f"caffe_lmdb {caffe_lmdb.__version__}, py-lmdb {lmdb.__version__}, numpy "
+              f"{np.__version__}, OpenCV {cv2.__version__}, Python {sys.version.split()[0]}; "
+              f"data in {root} (made in {time.perf_counter() - t0:.1f} s)")
+        bench_images("small 1x28x28", paths["small"], sizes["small"], 256, args.repeat,
+                     {"pycaffe": 4})
+        bench_images("large 3x256x256", paths["large"], sizes["large"], 64, args.repeat,
+                     {"pycaffe": 1.5})
+        bench_features(paths["feats"], sizes["feats"], 4096, args.repeat)
+        bench_jpeg(paths["jpeg"], sizes["jpeg"], 64, args.repeat, jpeg_bytes)
+        bench_memory("small 1x28x28, batch 256", paths["small"], 256)
+        bench_memory("large 3x256x256, batch 64", paths["large"], 64)
+    finally:
+        if not args.keep and not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
