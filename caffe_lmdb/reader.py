@@ -544,7 +544,12 @@ class DatumDB:
         self.close()
 
     def _txn(self):
-        return self._environment().begin(buffers=True)
+        env = self._environment()
+        try:
+            return env.begin(buffers=True)
+        except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
+            env.set_mapsize(0)
+            return env.begin(buffers=True)
 
     # -- the sequence of records ------------------------------------------------------------
 
@@ -840,7 +845,17 @@ class DatumDB:
             labels[j] = label
             return None
 
-        for error in _decode_pool().map(work, range(start, len(values))):
+        def work_range(span):
+            for j in range(*span):
+                error = work(j)
+                if error is not None:
+                    return error
+            return None
+
+        pool = _decode_pool()
+        step = -(-(len(values) - start) // (2 * (os.cpu_count() or 1))) or 1
+        spans = [(a, min(a + step, len(values))) for a in range(start, len(values), step)]
+        for error in pool.map(work_range, spans):
             if isinstance(error, _Mismatch):
                 if error.index == 0:
                     return None

@@ -10,55 +10,46 @@ from .convert import _with_progress
 
 
 def register(sub):
-    p = sub.add_parser("info", help="entries, size, key pattern, gaps, record kinds, shapes, "
-                       "labels of an LMDB")
-    p.add_argument("db", metavar="DB")
+    p = _command(sub, "info", _info, "entries, size, key pattern, gaps, record kinds, shapes, "
+                 "labels of an LMDB")
     p.add_argument("--decode", choices=("sample", "all", "none"), default="sample",
                    help="encoded images decoded for their shapes: the first 200 (default), "
                    "all, or none")
-    _quiet(p)
-    p.set_defaults(func=_info)
 
-    p = sub.add_parser("verify", help="parse every record; exit 1 listing the problems "
-                       "(unparsable records, several shapes, unpadded numeric keys)")
-    p.add_argument("db", metavar="DB")
+    p = _command(sub, "verify", _verify, "parse every record; exit 1 listing the problems "
+                 "(unparsable records, several shapes, unpadded numeric keys)")
     p.add_argument("--no-decode", dest="decode", action="store_false",
                    help="do not decode encoded images (faster; their shapes go unchecked)")
     p.add_argument("--max-listed", type=int, default=20, help="problems listed (default 20)")
-    _quiet(p)
-    p.set_defaults(func=_verify)
 
-    p = sub.add_parser("export", help="records back to image files plus a list file (the "
-                       "inverse of convert-imageset), or to one .npz")
-    p.add_argument("db", metavar="DB")
+    p = _command(sub, "export", _export, "records back to image files plus a list file (the "
+                 "inverse of convert-imageset), or to one .npz")
     p.add_argument("out", metavar="OUT", help="a new folder (or the .npz file with --npz)")
     p.add_argument("--npz", action="store_true",
                    help="write images (N,C,H,W), labels and keys into OUT.npz instead")
-    _quiet(p)
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser("features", help="an extract_features LMDB to NumPy (.npy), streamed")
-    p.add_argument("db", metavar="DB")
+    p = _command(sub, "features", _features_cmd,
+                 "an extract_features LMDB to NumPy (.npy), streamed")
     p.add_argument("--out", metavar="FEATS.npy", help="write the (N, C, H, W) float32 array "
                    "here (without it, only the summary is printed)")
     p.add_argument("--flat", action="store_true", help="(N, C*H*W) rows instead")
     p.add_argument("--names-from", metavar="LISTFILE_OR_DB",
                    help="what the net's data layer read (its LMDB, or an ImageData list "
                    "file): writes FEATS.txt, line i = 'path label' of feature row i")
-    _quiet(p)
-    p.set_defaults(func=_features_cmd)
 
-    p = sub.add_parser("compute-mean", help="Caffe's compute_image_mean: the mean image as "
-                       ".binaryproto (and/or .npy)")
-    p.add_argument("db", metavar="DB")
+    p = _command(sub, "compute-mean", _compute_mean, "Caffe's compute_image_mean: the mean "
+                 "image as .binaryproto (and/or .npy)")
     p.add_argument("out", nargs="?", metavar="OUT.binaryproto")
     p.add_argument("--npy", metavar="OUT.npy", help="also (or only) save the (C, H, W) mean")
-    _quiet(p)
-    p.set_defaults(func=_compute_mean)
 
 
-def _quiet(p):
+def _command(sub, name, func, help):
+    """A subcommand reading one database: DB, --quiet, and its function."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("db", metavar="DB")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=func)
+    return p
 
 
 def _info(args):
