@@ -48,10 +48,14 @@ _builtin_open = open
 _CHANNEL_ORDERS = ("BGR", "RGB")
 _LAYOUTS = ("CHW", "HWC")
 _SCAN_CHUNK = 1 << 14
-# Low-memory mode (batches(reuse=True)): records gathered and decoded this many at a time.
-# decode_batch joins the values of a call into one bytes object (and its transient peak is
-# about twice that); in chunks of 64 that stays a fraction of a batch, at some 20 us a call.
-_LOW_MEMORY_STEP = 64
+
+
+def _low_memory_step(n):
+    """Low-memory mode (batches(reuse=True)): records gathered and decoded per call. Each
+    decode_batch call joins its values into one bytes object; a third of the batch (at least
+    64 records, each call costing some 20 us) keeps that copy and the memoryviews of the
+    values at about half a batch."""
+    return max(64, -(-n // 3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +476,8 @@ class DatumDB:
         self._expected_len = None
         self._epoch = 0
         self._encoded_shape = None  # (shape, dtype) of the last encoded batch's images
-        self._recycler = _Recycler()
+        self._recycler = _Recycler()  # image arrays
+        self._label_recycler = _Recycler()
         self._scratch = {}
 
     # -- pickling: path and options only; reopened lazily where unpickled --------------------
@@ -702,8 +707,8 @@ class DatumDB:
         with self._txn() as txn:
             if not reuse:
                 chunks = [self._gather_range(txn, start, count)]
-            else:  # low-memory mode: gather and decode a few records at a time
-                chunks = self._gather_chunks(txn, start, count, _LOW_MEMORY_STEP)
+            else:  # low-memory mode: gather and decode a third of the batch at a time
+                chunks = self._gather_chunks(txn, start, count, _low_memory_step(count))
             return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse)
 
     def _read_positions(self, positions, fresh, reuse=False):
@@ -718,7 +723,7 @@ class DatumDB:
                 values[j] = value
             if None in found:
                 _changed(self.path, keys[found.index(None)])
-            step = _LOW_MEMORY_STEP if reuse else len(values)
+            step = _low_memory_step(len(values)) if reuse else len(values)
             chunks = [values[a:a + step] for a in range(0, len(values), step)]
             return self._decode_values(chunks, _KeysAt(index, positions), len(values),
                                        fresh=fresh, reuse=reuse)
@@ -773,7 +778,7 @@ class DatumDB:
         if fresh:
             return np.empty(out_shape, dtype), np.empty(n, np.int64)
         return (self._recycler.get(out_shape, dtype, reuse),
-                self._recycler.get((n,), np.dtype(np.int64), reuse))
+                self._label_recycler.get((n,), np.dtype(np.int64), reuse))
 
     def _decode_values(self, chunks, keys, n, fresh, reuse=False):
         """Decode ``n`` records, given as successive lists of values (one decode_batch call
