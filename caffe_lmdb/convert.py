@@ -26,7 +26,7 @@ from .codec import array_to_datum_bytes, parse_datum
 from .encode import Skip, encode_many
 from .errors import (ImageReadError, ResumeError, ShapeMismatchError, SourceFormatError)
 from .keys import index_key
-from .parallel import make_executor, ordered_map
+from .parallel import InlineExecutor, make_executor, ordered_map, prefetch
 from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, LMDBSink, prepare_output, read_state,
                    write_state)
 from .sources import (ArraySource, CifarSource, FolderSource, ImageOptions, ListFileSource,
@@ -103,6 +103,10 @@ def _chunked(iterable, size):
             chunk = []
     if chunk:
         yield chunk
+
+
+def _batch_bytes(batch):
+    return sum(len(r.value) for r in batch if not isinstance(r, Skip)) + 1
 
 
 def _skip_chunk(chunk, reason):
@@ -200,8 +204,12 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
         if progress is not None:
             progress(done, summary.total)
         chunks = _chunked(source.samples(start), source.chunk)
-        for batch in ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=_skip_chunk,
-                                 describe=_describe_chunk):
+        results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=_skip_chunk,
+                              describe=_describe_chunk)
+        if ex.workers > 1 or not isinstance(ex, InlineExecutor):
+            # the workers run on while a commit waits for the disk
+            results = prefetch(results, sink.commit_bytes, _batch_bytes)
+        for batch in results:
             for rec in batch:
                 if isinstance(rec, Skip):
                     if strict:

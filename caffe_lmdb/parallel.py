@@ -281,3 +281,59 @@ def ordered_map(fn, items, executor, window=None, timeout=None, on_fail=None, de
             pending.extend((it, executor.submit(fn, it)) for it in again)
         fill()
         yield _fail(on_fail, describe, item, value)
+
+
+_DONE = object()
+
+
+def prefetch(iterable, max_bytes, size_of=lambda item: 1):
+    """Iterate ``iterable`` in a background thread, running ahead of the consumer by at most
+    ``max_bytes`` (as measured by ``size_of``; one item is always let through).
+
+    Used between :func:`ordered_map` and the writer: while the writer waits for a commit to
+    reach the disk, the workers keep decoding into this buffer instead of stalling. Items come
+    out in order; an exception in the producer is raised in the consumer. When the consumer
+    stops early, the producer stops at its next item.
+    """
+    cond = threading.Condition()
+    buffered = collections.deque()
+    state = {"bytes": 0, "stop": False}
+
+    def produce():
+        try:
+            for item in iterable:
+                size = size_of(item)
+                with cond:
+                    while buffered and state["bytes"] + size > max_bytes and not state["stop"]:
+                        cond.wait()
+                    if state["stop"]:
+                        return
+                    buffered.append((item, size, None))
+                    state["bytes"] += size
+                    cond.notify_all()
+            end = (_DONE, 0, None)
+        except BaseException as exc:  # handed to the consumer
+            end = (_DONE, 0, exc)
+        with cond:
+            buffered.append(end)
+            cond.notify_all()
+
+    thread = threading.Thread(target=produce, name="caffe_lmdb-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            with cond:
+                while not buffered:
+                    cond.wait()
+                item, size, exc = buffered.popleft()
+                state["bytes"] -= size
+                cond.notify_all()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        with cond:
+            state["stop"] = True
+            cond.notify_all()

@@ -402,3 +402,30 @@ def _die_on_three(x):
     if x == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return 10 * x
+
+
+def test_prefetch_is_ordered_bounded_and_passes_errors():
+    from caffe_lmdb.parallel import prefetch
+
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad item {i}")
+            produced.append(i)
+            yield i
+
+    it = prefetch(items(100), max_bytes=10, size_of=lambda i: 3)
+    assert next(it) == 0
+    time.sleep(0.2)  # the producer runs ahead by at most 10 bytes: 3 items of 3
+    assert len(produced) <= 5
+    assert list(it) == list(range(1, 100))
+    with pytest.raises(ValueError, match="bad item 7"):
+        list(prefetch(items(10, fail_at=7), max_bytes=100))
+    produced.clear()
+    early = prefetch(items(1000), max_bytes=4)
+    assert next(early) == 0
+    early.close()  # the consumer stops: so does the producer
+    time.sleep(0.2)
+    assert len(produced) < 10
