@@ -321,3 +321,22 @@ def test_reader_does_not_change_fixture(fixtures):
     db.close()
     assert read_lmdb(fixtures / "mnist_lmdb") == before
     assert not (fixtures / "mnist_lmdb" / "lock.mdb").exists()
+
+
+def test_lock_true_reads_a_database_being_written(tmp_path):
+    import subprocess
+    import sys
+
+    path, _, labels = images_db(tmp_path / "db", n=5)
+    db = caffe_lmdb.open(path, lock=True)
+    assert len(db) == 5 and (path / "lock.mdb").exists()
+    writer = ("import lmdb, sys; from caffe_lmdb.codec import datum_bytes\n"
+              "env = lmdb.open(sys.argv[1], map_size=1 << 30)\n"
+              "with env.begin(write=True) as txn:\n"
+              "    for i in range(5, 9):\n"
+              "        txn.put(b'%08d' % i, datum_bytes(3, 4, 5, data=bytes(60), label=100 + i,"
+              " encoded=False))\n")
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=True)
+    assert len(db) == 5  # the index is a snapshot
+    db.refresh()
+    assert len(db) == 9 and db[8][1] == 108 and db[4][1] == labels[4]
