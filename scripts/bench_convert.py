@@ -122,9 +122,10 @@ def main():
         root = os.path.join(work, "images") + os.sep
         t = time.perf_counter()
         list_file = make_images(root, args.images)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
+                   for f in files if f.endswith(".jpg"))
         print(f"{args.images} JPEGs of {W}x{H} made in {time.perf_counter() - t:.1f} s "
-              f"({sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs if f.endswith('.jpg')) / 1e6:.0f} MB); "
-              f"{cores} cores; resize to {SIDE}x{SIDE}")
+              f"({size / 1e6:.0f} MB); {cores} cores; resize to {SIDE}x{SIDE}")
 
         def ours(workers, executor="thread"):
             return lambda out: caffe_lmdb.convert_imageset(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import convert, sink
+from caffe_lmdb import sink
 from caffe_lmdb.errors import (ImageReadError, KeyTooLongError, ListFileError, OutputExistsError,
                                OutputPathError, ResumeError, ShapeMismatchError)
 from conftest import read_lmdb
