@@ -52,10 +52,11 @@ _SCAN_CHUNK = 1 << 14
 
 def _low_memory_step(n):
     """Low-memory mode (batches(reuse=True)): records gathered and decoded per call. Each
-    decode_batch call joins its values into one bytes object; a third of the batch (at least
-    64 records, each call costing some 20 us) keeps that copy and the memoryviews of the
-    values at about half a batch."""
-    return max(64, -(-n // 3))
+    decode_batch call copies its values into one bytes object (twice, at the moment: join,
+    then concatenation of a tail); a quarter of the batch (at least 64 records, each call
+    costing some 20 us) keeps those copies and the memoryviews of the values under one
+    batch."""
+    return max(64, -(-n // 4))
 
 
 # ---------------------------------------------------------------------------------------------
