@@ -206,7 +206,7 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
         chunks = _chunked(source.samples(start), source.chunk)
         results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=_skip_chunk,
                               describe=_describe_chunk)
-        if ex.workers > 1 or not isinstance(ex, InlineExecutor):
+        if not isinstance(ex, InlineExecutor):
             # the workers run on while a commit waits for the disk
             results = prefetch(results, sink.commit_bytes, _batch_bytes)
         for batch in results:
@@ -219,7 +219,7 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
                     log.write(_skip_line(rec))
                 else:
                     if check_size:
-                        first_shape = _check_size(rec, first_shape, source, start)
+                        first_shape = _check_size(rec, first_shape)
                     sink.put(rec.key, rec.value, replace=resuming)
                     if tsink is not None:
                         tsink.put(rec.key, rec.targets, replace=resuming)
@@ -255,7 +255,7 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
     return summary
 
 
-def _check_size(rec, first_shape, source, start):
+def _check_size(rec, first_shape):
     """convert_imageset's --check_size: every raw record has the first one's shape."""
     f = parse_datum(rec.value)
     if f.encoded:
