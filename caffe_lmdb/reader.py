@@ -32,14 +32,13 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, islice
 
 import lmdb
 import numpy as np
 
 from . import keys as _keyfmt
-from .codec import decode, decode_batch, parse_datum
+from .codec import _image_pool, decode, decode_batch, parse_datum
 from .errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, _show_key
 
 __all__ = ["open", "DatumDB", "describe_bytes"]
@@ -52,10 +51,9 @@ _SCAN_CHUNK = 1 << 14
 
 def _low_memory_step(n):
     """Low-memory mode (batches(reuse=True)): records gathered and decoded per call. Each
-    decode_batch call copies its values into one bytes object (twice, at the moment: join,
-    then concatenation of a tail); a quarter of the batch (at least 64 records, each call
-    costing some 20 us) keeps those copies and the memoryviews of the values under one
-    batch."""
+    decode_batch call copies its values into one bytes object; a quarter of the batch (at
+    least 64 records, each call costing some 20 us) keeps that copy and the memoryviews of the
+    values under one batch."""
     return max(64, -(-n // 4))
 
 
@@ -225,9 +223,7 @@ _REGISTRY = _Registry()
 
 def _forked_child_cleanup():
     # A lock held by another thread at fork time stays locked forever in the child.
-    global _POOL_LOCK
     _REGISTRY.lock = threading.Lock()
-    _POOL_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -409,21 +405,6 @@ class _Recycler:
         if len(arrays) > self.keep:
             del arrays[0]
         return a
-
-
-_POOL = [None, None]  # (executor, pid)
-_POOL_LOCK = threading.Lock()
-
-
-def _decode_pool():
-    """Threads (one per core) decoding encoded images: OpenCV releases the GIL while it
-    decodes. A forked child gets a new pool: the parent's threads do not exist there."""
-    with _POOL_LOCK:
-        if _POOL[0] is None or _POOL[1] != os.getpid():
-            _POOL[0] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                          thread_name_prefix="caffe_lmdb-read")
-            _POOL[1] = os.getpid()
-        return _POOL[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -858,7 +839,7 @@ class DatumDB:
                     return error
             return None
 
-        pool = _decode_pool()
+        pool = _image_pool()
         step = -(-(len(values) - start) // (2 * (os.cpu_count() or 1))) or 1
         spans = [(a, min(a + step, len(values))) for a in range(start, len(values), step)]
         for error in pool.map(work_range, spans):

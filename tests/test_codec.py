@@ -321,3 +321,36 @@ def test_coexists_with_pycaffe_caffe_pb2(tmp_path):
     run = subprocess.run([sys.executable, "-c", COEXIST, str(clash)],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "caffe_lmdb.Datum" in run.stderr
+
+
+def test_decode_batch_of_encoded_records_works_in_a_forked_child(fixtures):
+    """The decoding threads do not survive fork: the child must make its own pool (it used to
+    wait forever on the parent's)."""
+    import os
+    import time
+
+    values = [v for _, v in read_lmdb(fixtures / "imageset_encoded_png_32x32")]
+    parent, _ = decode_batch(values)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        child, _ = decode_batch(values)
+        os._exit(0 if np.array_equal(parent, child) else 3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("decode_batch hung in a forked child")
+
+
+def test_encoded_batch_errors_name_the_first_bad_record(fixtures):
+    values = [v for _, v in read_lmdb(fixtures / "imageset_encoded_png_32x32")]
+    keys = [k for k, _ in read_lmdb(fixtures / "imageset_encoded_png_32x32")]
+    broken = datum_bytes(data=b"\x89PNG not really", label=0, encoded=True)
+    values[5] = values[9] = broken
+    with pytest.raises(DatumDecodeError, match=r"record 5 \(key"):
+        decode_batch(values, keys=keys)
