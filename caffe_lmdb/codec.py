@@ -686,9 +686,9 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
     """Vectorized decode of records that share the header of the first (same fields and shape
     up to the payload) and end in one of Caffe's usual tails. One join, one strided view (rows
     of equal length) or one row gather (lengths differ, e.g. labels of 1 and 2 bytes), one
-    comparison of the headers, one copy of the payloads. Returns False (and leaves out
-    untouched) when any record differs, or the first is bad: the caller then parses records one
-    by one. ``f0`` is the parse of the first record; ``dtype``, when not None, is the dtype
+    comparison of the headers, one copy of the payloads (split across cores when large).
+    Returns False when any record differs, or the first is bad: the caller then parses (and
+    writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when not None, is the dtype
     every record must hold."""
     try:
         shape = _shape(f0)
@@ -731,14 +731,40 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
     labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label, equal)
     if labels is None:
         return False
+    flat = out.reshape(n, -1)
     if f0.data is None:
-        if not (rows[:, head:tail_at:5] == 0x35).all():
-            return False
-        out.reshape(n, -1)[...] = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
+        floats = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
+
+        def rows_of(a, b):  # every value of a float run has its tag, then the copy
+            if not (rows[a:b, head:tail_at:5] == 0x35).all():
+                return False
+            flat[a:b] = floats[a:b]
+            return True
     else:
-        out.reshape(n, -1)[...] = rows[:, head:tail_at]
+        def rows_of(a, b):
+            flat[a:b] = rows[a:b, head:tail_at]
+            return True
+    if not _split_rows(rows_of, n, n * (tail_at - head)):
+        return False  # out may be partly written: the caller rewrites every row
     labels_out[...] = labels
     return True
+
+
+_SPLIT_BYTES = 1 << 20
+
+
+def _split_rows(fn, n, nbytes):
+    """fn(a, b) over rows [0, n): on one thread per core when the rows hold over 1 MiB (NumPy
+    releases the GIL while it compares and copies), else in this thread. True when every call
+    returned True."""
+    parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
+    if parts <= 1:
+        return fn(0, n)
+    bounds = [n * k // parts for k in range(parts + 1)]
+    pool = _image_pool()
+    futures = [pool.submit(fn, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    ok = fn(bounds[0], bounds[1])
+    return all([f.result() for f in futures]) and ok
 
 
 def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):

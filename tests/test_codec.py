@@ -354,3 +354,45 @@ def test_encoded_batch_errors_name_the_first_bad_record(fixtures):
     values[5] = values[9] = broken
     with pytest.raises(DatumDecodeError, match=r"record 5 \(key"):
         decode_batch(values, keys=keys)
+
+
+@pytest.mark.parametrize("kind", ["raw", "float"])
+def test_large_uniform_batches_split_across_threads_agree_with_decode(kind):
+    """Batches over 1 MiB are compared and copied on several threads; a record that breaks
+    the shared layout in the last rows (valid protobuf, another parse) must still be caught."""
+    rng = np.random.default_rng(1)
+    if kind == "raw":
+        arrays = rng.integers(0, 256, size=(600, 3, 40, 40), dtype=np.uint8)
+        values = [caffe_lmdb.codec.array_to_datum_bytes(a, i % 300) for i, a in enumerate(arrays)]
+    else:
+        arrays = rng.standard_normal((600, 1024, 1, 1), dtype=np.float32)
+        values = [datum_bytes(1024, 1, 1, float_data=a) for a in arrays]
+    assert sum(map(len, values)) > 2 * codec._SPLIT_BYTES
+    images, labels = decode_batch(values)
+    assert np.array_equal(images, arrays)
+    if kind == "raw":
+        assert labels.tolist() == [i % 300 for i in range(600)]
+    # same length, same header and tail, but two float values (10 bytes) replaced by other
+    # fields: encoded = true (38 01), label 5 as a 2-byte varint (28 85 00), one float (35 ...)
+    bad = bytearray(values[-1])
+    at = len(bad) - 5 * 10 if kind == "float" else None
+    if kind == "float":
+        bad[at:at + 10] = b"\x38\x01\x28\x85\x00\x35\x00\x00\x80\x3f"
+        values[-1] = bytes(bad)
+        datum = Datum()
+        datum.ParseFromString(values[-1])
+        assert datum.encoded  # protobuf reads it as an encoded record
+        with pytest.raises(DatumDecodeError, match="record 599"):
+            decode_batch(values)
+    else:
+        # the tail's fields swapped (encoded first, then the label): same length, same header
+        swapped = datum_bytes(3, 40, 40, data=arrays[-1].tobytes()) + b"\x38\x00" \
+            + datum_bytes(label=-7)
+        values[-1] = swapped[:len(values[-1])]
+        assert len(swapped) > len(values[-1])  # a negative label takes 10 bytes: cut, so
+        with pytest.raises(DatumDecodeError, match="record 599"):  # it is malformed
+            decode_batch(values)
+        values[-1] = datum_bytes(3, 40, 40, data=arrays[-1].tobytes()) + b"\x38\x00" \
+            + datum_bytes(label=299)
+        images, labels = decode_batch(values)
+        assert labels[-1] == 299 and np.array_equal(images, arrays)
