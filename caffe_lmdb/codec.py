@@ -621,6 +621,7 @@ def _record_name(keys, i):
 
 _TAIL = 8  # bytes after the payload that the vectorized path reads: label varint + encoded
 _PAD = bytes(_TAIL)
+_PADS = [bytes(k) for k in range(_TAIL + 1)]
 
 
 def _simple_tail(tail):
@@ -660,33 +661,29 @@ def _tail_labels(tails, tail_len, head_label, equal):
             labels &= 0x7F
             labels |= tails[:, 2].astype(np.int64) << 7
         return labels
+    # lengths differ: each record is `28 <label of k bytes>` then optionally `38 00`
+    b1, b2, b3 = tails[:, 1], tails[:, 2], tails[:, 3]
+    size = np.where(b1 < 0x80, 1, np.where(b2 < 0x80, 2, np.where(b3 < 0x80, 3, 9)))
+    rest = tail_len - 1 - size
     rows = np.arange(n)
-    has_label = tails[:, 0] == 0x28
-    if has_label.any() and not has_label.all():
-        return None  # the label of the shared head differs from the tails': not worth it here
-    if has_label[0]:
-        cont = tails[:, 1:4] >= 0x80
-        if cont.all(axis=1).any():
-            return None  # a label of 4 or more bytes (large or negative): parse one by one
-        size = cont.argmin(axis=1) + 1
-        labels = (tails[:, 1] & 0x7F).astype(np.int64)
-        labels |= np.where(size >= 2, (tails[:, 2] & 0x7F).astype(np.int64) << 7, 0)
-        labels |= np.where(size >= 3, (tails[:, 3] & 0x7F).astype(np.int64) << 14, 0)
-        after = size + 1
-    else:
-        labels = np.full(n, head_label, np.int64)
-        after = np.zeros(n, np.int64)
-    rest = tail_len - after
-    at = np.minimum(after, _TAIL - 2)
-    ok = (rest == 0) | ((rest == 2) & (tails[rows, at] == 0x38) & (tails[rows, at + 1] == 0))
-    return labels if ok.all() else None
+    at = np.minimum(size + 1, _TAIL - 2)
+    ok = (tails[:, 0] == 0x28) & ((rest == 0) | ((rest == 2) & (tails[rows, at] == 0x38)
+                                                 & (tails[rows, at + 1] == 0)))
+    if not ok.all():
+        return None
+    labels = (b1 & 0x7F).astype(np.int64)
+    labels |= (b2 & 0x7F).astype(np.int64) << 7
+    labels |= (b3 & 0x7F).astype(np.int64) << 14
+    # keep only the bytes that belong to each label
+    labels &= np.where(size == 1, 0x7F, np.where(size == 2, 0x3FFF, 0x1FFFFF))
+    return labels
 
 
 def _decode_uniform(buffers, f0, out, labels_out, dtype):
     """Vectorized decode of records that share the header of the first (same fields and shape
-    up to the payload) and end in one of Caffe's usual tails. One join, one strided view (rows
-    of equal length) or one row gather (lengths differ, e.g. labels of 1 and 2 bytes), one
-    comparison of the headers, one copy of the payloads (split across cores when large).
+    up to the payload) and end in one of Caffe's usual tails. One join (records whose lengths
+    differ, e.g. labels of 1 and 2 bytes, padded to one width), one strided view, one comparison
+    of the headers, one copy of the payloads (split across cores when large).
     Returns False when any record differs, or the first is bad: the caller then parses (and
     writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when not None, is the dtype
     every record must hold."""
@@ -713,19 +710,19 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
     tail_len = lengths - tail_at
     if tail_len.min() < 0 or tail_len.max() > _TAIL:
         return False
-    joined = b"".join([*buffers, _PAD])  # padded: every record's tail window is in range
     width = tail_at + _TAIL
     equal = bool((lengths == lengths[0]).all())
-    if equal:  # rows are views into joined, one record apart
+    if equal:  # rows one record apart; the padding keeps the last row's tail window in range
+        joined = b"".join([*buffers, _PAD])
         stride = int(lengths[0])
-        rows = np.ndarray((n, width), _U8, joined, 0, (stride, 1))
-        source = joined
-    else:  # one gathered copy of each record's first `width` bytes
+    else:  # each record padded with zeros to one width: rows are again one stride apart
+        parts = [_PAD] * (2 * n)
+        parts[::2] = buffers
+        parts[1::2] = [_PADS[k] for k in (width - lengths).tolist()]
+        joined = b"".join(parts)
         stride = width
-        starts = np.cumsum(lengths) - lengths
-        windows = np.ndarray((len(joined) - width + 1, width), _U8, joined, 0, (1, 1))
-        rows = windows[starts]
-        source = rows
+    rows = np.ndarray((n, width), _U8, joined, 0, (stride, 1))
+    source = joined
     if not (rows[:, :head] == rows[0, :head]).all():
         return False
     labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label, equal)
