@@ -25,6 +25,7 @@ import numpy as np
 from .codec import array_to_datum_bytes, parse_datum
 from .encode import Skip, encode_many
 from .errors import (ImageReadError, ResumeError, ShapeMismatchError, SourceFormatError)
+from .imagesize import DEFAULT_MAX_PIXELS
 from .keys import index_key
 from .parallel import InlineExecutor, make_executor, ordered_map, prefetch
 from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, LMDBSink, prepare_output, read_state,
@@ -172,9 +173,11 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
     else:
         state = {"version": 1, "job": fingerprint, "next_index": 0, "bytes": 0,
                  "skipped": [], "first_shape": None, "done": False}
+        # saved before data.mdb exists: a run killed before its first commit can be resumed
+        write_state(path, state)
     start = state["next_index"]
     skipped = [Skip(i, k.encode("utf-8", "surrogateescape"), w, r)
-               for i, k, w, r in state["skipped"]]
+               for i, k, w, r in state["skipped"] if i < start]  # later ones come again
     log_path = os.path.join(path, LOG_NAME)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# caffe-lmdb {job}: samples that gave no record (tab-separated: "
@@ -271,13 +274,13 @@ def _check_size(rec, first_shape):
     return first_shape
 
 
-def _image_options(gray, resize_height, resize_width, encoded, encode_type):
+def _image_options(gray, resize_height, resize_width, encoded, encode_type, max_pixels):
     enc = None
     if encoded or encode_type:  # Caffe: a non-empty --encode_type alone also encodes
         enc = str(encode_type).lower().lstrip(".") if encode_type else True
     resize = (int(resize_height), int(resize_width))
     return ImageOptions(resize=resize if resize[0] > 0 and resize[1] > 0 else None,
-                        gray=bool(gray), encode=enc)
+                        gray=bool(gray), encode=enc, max_pixels=int(max_pixels or 0) or None)
 
 
 def _saved_seed(db, shuffle, seed, resume):
@@ -291,18 +294,21 @@ def _saved_seed(db, shuffle, seed, resume):
 
 def convert_imageset(root, list_file, db, *, gray=False, shuffle=False, seed=None,
                      resize_height=0, resize_width=0, check_size=False, encoded=False,
-                     encode_type="", targets=0, index_keys=False, **options):
+                     encode_type="", targets=0, index_keys=False,
+                     max_pixels=DEFAULT_MAX_PIXELS, **options):
     """Caffe's ``convert_imageset ROOT/ LISTFILE DB``, with the same flags and records.
 
     Keys ``%08d_<path>`` by list line (after the shuffle), or ``%08d`` with ``index_keys``.
     ``targets=K``: lines are ``path label v1 .. vK``; the K values go to a float LMDB at
     ``DB_targets`` with the same keys. ``seed`` makes ``shuffle`` reproducible (Caffe's own
-    permutation cannot be reproduced). Other options: see :func:`run`.
+    permutation cannot be reproduced). ``max_pixels``: an image whose header declares more
+    pixels is skipped without being decoded (a decompression bomb?; None: no limit; see
+    :mod:`caffe_lmdb.imagesize`). Other options: see :func:`run`.
     """
     seed = _saved_seed(db, shuffle, seed, options.get("resume"))
     source = ListFileSource(root, list_file,
                             _image_options(gray, resize_height, resize_width, encoded,
-                                           encode_type),
+                                           encode_type, max_pixels),
                             shuffle=shuffle, seed=seed, targets=targets, index_keys=index_keys)
     return run(source, db, job="convert_imageset", targets=bool(targets), check_size=check_size,
                **options)
@@ -310,7 +316,7 @@ def convert_imageset(root, list_file, db, *, gray=False, shuffle=False, seed=Non
 
 def convert_folder(root, db, *, gray=False, shuffle=False, seed=None, resize_height=0,
                    resize_width=0, check_size=False, encoded=False, encode_type="",
-                   index_keys=False, **options):
+                   index_keys=False, max_pixels=DEFAULT_MAX_PIXELS, **options):
     """A folder of class subfolders (torchvision's ImageFolder layout) to an LMDB.
 
     Labels follow the sorted class names; ``labels.txt`` in the database folder lists the class
@@ -318,7 +324,7 @@ def convert_folder(root, db, *, gray=False, shuffle=False, seed=None, resize_hei
     """
     seed = _saved_seed(db, shuffle, seed, options.get("resume"))
     source = FolderSource(root, _image_options(gray, resize_height, resize_width, encoded,
-                                               encode_type),
+                                               encode_type, max_pixels),
                           shuffle=shuffle, seed=seed, index_keys=index_keys)
     labels = "".join(name + "\n" for name in source.classes)
     summary = run(source, db, job="convert_folder", check_size=check_size,

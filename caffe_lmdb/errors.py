@@ -35,6 +35,20 @@ class ImageReadError(CaffeLMDBError, OSError):
         super().__init__(message)
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than the converter's ``max_pixels`` (a
+    decompression bomb?). ``size`` is the declared (width, height)."""
+
+    def __init__(self, message, path=None, size=None):
+        self.size = size
+        super().__init__(message, path)
+
+
+class WriteError(CaffeLMDBError, OSError):
+    """The database (or its resume state) could not be written: a full disk, a file size
+    limit, an I/O error. The database keeps every record committed before the failure."""
+
+
 class ListFileError(CaffeLMDBError, ValueError):
     """A line of a Caffe list file (``path label``) that cannot be parsed."""
 

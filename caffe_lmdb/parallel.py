@@ -35,6 +35,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -88,17 +89,20 @@ class ThreadExecutor:
         self._queue = queue.SimpleQueue()
         self._abandoned = set()
         self._lock = threading.Lock()
-        self._threads = 0
+        self._threads = []
+        self._running = {}  # thread -> the future of the task it runs
         for _ in range(self.workers):
             self._spawn()
 
     def _spawn(self):
         with self._lock:
-            self._threads += 1
-            n = self._threads
-        threading.Thread(target=self._work, name=f"caffe_lmdb-worker-{n}", daemon=True).start()
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"caffe_lmdb-worker-{len(self._threads) + 1}")
+            self._threads.append(thread)
+        thread.start()
 
     def _work(self):
+        me = threading.current_thread()
         while True:
             job = self._queue.get()
             if job is None:
@@ -106,12 +110,15 @@ class ThreadExecutor:
             fut, fn, arg = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            self._running[me] = fut
             try:
                 result = fn(arg)
             except BaseException as exc:  # delivered to the caller, who decides
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+            finally:
+                del self._running[me]
             with self._lock:
                 if id(fut) in self._abandoned:  # a replacement took this thread's place
                     self._abandoned.discard(id(fut))
@@ -133,11 +140,28 @@ class ThreadExecutor:
     def restart(self):
         pass  # a thread cannot die without killing the process
 
-    def shutdown(self):
+    def shutdown(self, wait=10.0):
+        """Cancel the tasks not started, stop the threads, and wait (at most ``wait`` seconds)
+        for the tasks running, unless abandoned. A daemon thread that comes back from OpenCV
+        while the interpreter exits aborts the process ("terminate called without an active
+        exception", seen after Ctrl-C): no thread is left inside a task, but a hung one."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
         with self._lock:
-            spawned = self._threads  # replacements included; a surplus stop is harmless
-        for _ in range(spawned):
+            threads = list(self._threads)  # replacements included; a surplus stop is harmless
+            abandoned = set(self._abandoned)
+        for _ in threads:
             self._queue.put(None)
+        deadline = time.monotonic() + wait
+        for thread in threads:
+            task = self._running.get(thread)
+            if task is None or id(task) not in abandoned:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _default_context():

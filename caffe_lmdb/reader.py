@@ -40,6 +40,7 @@ import numpy as np
 from . import keys as _keyfmt
 from .codec import _image_pool, decode, decode_batch, parse_datum
 from .errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, _show_key
+from .lmdbenv import MAX_READERS, truncation
 
 __all__ = ["open", "DatumDB", "describe_bytes"]
 
@@ -178,7 +179,8 @@ class _Registry:
                 return entry[0], ident
             try:
                 env = lmdb.open(path, readonly=True, lock=lock, readahead=readahead,
-                                subdir=True, create=False, max_readers=1024 if lock else 126)
+                                subdir=True, create=False,
+                                max_readers=MAX_READERS if lock else 126)
             except lmdb.InvalidError as exc:
                 raise NotADatumDBError(f"{path}/data.mdb is not an LMDB data file ({exc})") \
                     from exc
@@ -189,6 +191,10 @@ class _Registry:
                         "caffe_lmdb (py-lmdb >= 2 allows one Environment per database per "
                         "process): close that Environment first") from exc
                 raise NotADatumDBError(f"could not open the LMDB at {path}: {exc}") from exc
+            short = truncation(env, path)
+            if short is not None:  # reading a missing page would kill the process (SIGBUS)
+                env.close()
+                raise NotADatumDBError(short)
             self.envs[ident] = [env, 1]
             return env, ident
 

@@ -15,11 +15,13 @@
 """
 import json
 import os
+import signal
 
 import lmdb
 
 from .errors import (DuplicateKeyError, KeyTooLongError, OutputExistsError, OutputPathError,
-                     _show_key)
+                     ResumeError, WriteError, _show_key)
+from .lmdbenv import MAX_READERS, truncation
 
 __all__ = ["LMDBSink", "prepare_output", "read_state", "write_state", "STATE_NAME", "LOG_NAME",
            "DEFAULT_MAP_SIZE"]
@@ -27,8 +29,30 @@ __all__ = ["LMDBSink", "prepare_output", "read_state", "write_state", "STATE_NAM
 STATE_NAME = "convert_state.json"
 LOG_NAME = "convert.log"
 #: files a converter may leave in a database folder (removed by ``overwrite``)
-OWN_FILES = ("data.mdb", "lock.mdb", STATE_NAME, LOG_NAME, "labels.txt")
+OWN_FILES = ("data.mdb", "lock.mdb", STATE_NAME, STATE_NAME + ".tmp", LOG_NAME, "labels.txt")
 DEFAULT_MAP_SIZE = 64 << 20
+
+#: For the crash tests only: ``"<point>:<n>"`` makes this process kill itself with SIGKILL
+#: (``"<point>:<n>:INT"``: SIGINT, as Ctrl-C) the n-th time it reaches ``point``: ``put`` (after
+#: a record is put), ``commit`` (before a commit), ``committed`` (after it), ``state`` (resume
+#: state written to its temporary file, not yet renamed) or ``saved`` (after the rename).
+#: Read once, when the module is imported.
+_CRASH_AT = os.environ.get("CAFFE_LMDB_TEST_CRASH_AT")
+_crash_counts = {}
+
+
+def _crash_point(point):
+    name, n, how = (_CRASH_AT + "::").split(":")[:3]
+    if name == point:
+        _crash_counts[point] = _crash_counts.get(point, 0) + 1
+        if _crash_counts[point] == int(n):
+            os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
+
+
+def _write_failed(path, exc, entries):
+    return WriteError(f"could not write to {path} ({exc}): the disk may be full, or a file size "
+                      f"limit reached. The database keeps the {entries} records committed before;"
+                      " make room and run the same command with --resume to finish it")
 
 
 def _enclosing_db(path):
@@ -96,11 +120,18 @@ def write_state(path, state):
     """Save the resume state atomically (a reader sees the old file or the new one)."""
     target = os.path.join(os.fspath(path), STATE_NAME)
     tmp = target + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if _CRASH_AT:
+            _crash_point("state")
+        os.replace(tmp, target)
+    except OSError as exc:  # the previous state stays: a resume redoes a little more
+        raise _write_failed(target, exc, state.get("written", 0)) from exc
+    if _CRASH_AT:
+        _crash_point("saved")
 
 
 class LMDBSink:
@@ -118,7 +149,11 @@ class LMDBSink:
         self.commit_every = max(1, int(commit_every))
         self.commit_bytes = int(commit_bytes)
         self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True, meminit=False,
-                             sync=sync, max_dbs=0)
+                             sync=sync, max_dbs=0, max_readers=MAX_READERS)
+        short = truncation(self.env, self.path)
+        if short is not None:  # appending to it would crash (SIGBUS) or corrupt it
+            self.env.close()
+            raise ResumeError(short)
         self.map_size = self.env.info()["map_size"]
         self.max_key = self.env.max_key_size()
         self.grown = 0
@@ -174,6 +209,8 @@ class LMDBSink:
                 break
             except lmdb.MapFullError:
                 self._grow_and_replay()
+            except lmdb.Error as exc:  # the transaction is unusable: drop it
+                self._fail(exc)
         if not written:
             raise DuplicateKeyError(f"key {_show_key(key)} is already in {self.path}: keys "
                                     "must be unique (the first value is kept)")
@@ -181,6 +218,8 @@ class LMDBSink:
         self._batch_bytes += len(value)
         if append:
             self.last_key = key
+        if _CRASH_AT:
+            _crash_point("put")
 
     @property
     def batch_full(self):
@@ -194,18 +233,40 @@ class LMDBSink:
     def commit(self):
         """Commit the batch (growing the map and replaying it if LMDB is full at commit)."""
         if self._txn is None:
+            if self._batch:  # a put or commit failed: these records are not in the database
+                raise _write_failed(self.path, "an earlier write failed", self.entries)
             return
+        if _CRASH_AT:
+            _crash_point("commit")
         while True:
             try:
-                self.entries = self._txn.stat(self._db)["entries"]
+                entries = self._txn.stat(self._db)["entries"]
                 self._txn.commit()
                 break
             except lmdb.MapFullError:
                 self._txn = None  # a failed commit frees the transaction
                 self._grow_and_replay()
+            except lmdb.Error as exc:
+                self._txn = None
+                self._fail(exc)
+        self.entries = entries
         self._txn = None
         self._batch = []
         self._batch_bytes = 0
+        if _CRASH_AT:
+            _crash_point("committed")
+        # free the reader slots of killed reader processes (LMDB does not, while any process
+        # keeps the database open), so that they cannot fill the reader table
+        self.env.reader_check()
+
+    def _fail(self, exc):
+        """A write that LMDB refused for another reason than a full map (EIO, ENOSPC, EFBIG):
+        abort, keep the batch (so that a later commit() raises too, and the caller does not
+        mistake the records for written), and raise WriteError."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        raise _write_failed(self.path, exc, self.entries) from exc
 
     def abort(self):
         """Drop the uncommitted batch (the database stays as of the last commit)."""

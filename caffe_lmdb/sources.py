@@ -21,12 +21,15 @@ import gzip
 import hashlib
 import os
 import random
+import re
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import KeyTooLongError, ListFileError, SourceFormatError
+from .imagesize import DEFAULT_MAX_PIXELS
 from .keys import MAX_KEY_BYTES, index_key
 
 __all__ = [
@@ -45,10 +48,13 @@ class ImageOptions:
 
     ``resize``: (height, width), applied when both are > 0; ``gray``: decode as one channel;
     ``encode``: None for raw pixels, True for the file's own format, or a type such as "png".
+    ``max_pixels``: an image whose header declares more pixels is skipped unread (a
+    decompression bomb?); None for no limit (see :mod:`caffe_lmdb.imagesize`).
     """
     resize: tuple = None
     gray: bool = False
     encode: object = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,9 @@ def _permutation(n, shuffle, seed):
     return np.random.default_rng(seed).permutation(n), seed
 
 
+_INTEGER = re.compile(rb"\s*[+-]?[0-9]+\s*")
+
+
 def parse_list_line(raw, where, targets=0):
     """Parse one line of a Caffe list file (bytes, without the newline).
 
@@ -137,6 +146,8 @@ def parse_list_line(raw, where, targets=0):
         raise ListFileError(f"expected {want} separated by spaces, got {got}", *where)
     path, label_text, values = parts[0], parts[1], parts[2:]
     try:
+        if not _INTEGER.fullmatch(label_text):  # int() would also take "1_000"
+            raise ValueError
         label = int(label_text)
     except ValueError:
         raise ListFileError(f"label {label_text.decode('utf-8', 'replace')!r} is not an integer"
@@ -145,6 +156,8 @@ def parse_list_line(raw, where, targets=0):
     if not -(1 << 31) <= label < (1 << 31):
         raise ListFileError(f"label {label} does not fit Caffe's int32 label", *where)
     try:
+        if any(b"_" in v for v in values):  # float() would take "1_0" as 10
+            raise ValueError
         floats = tuple(float(v) for v in values)
     except ValueError:
         raise ListFileError(f"target values {b' '.join(values).decode('utf-8', 'replace')!r} "
@@ -196,9 +209,10 @@ class _ImageSource:
 
     def _options_fingerprint(self):
         o = self.options
+        limit = {} if o.max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": o.max_pixels}
         return {"resize": list(o.resize) if o.resize else None, "gray": o.gray,
                 "encode": o.encode, "shuffle": self.shuffle, "seed": self.seed,
-                "index_keys": self.index_keys}
+                "index_keys": self.index_keys, **limit}
 
 
 class ListFileSource(_ImageSource):
@@ -290,10 +304,26 @@ def _open_maybe_gzip(path):
 
 
 def _read_exact(f, n, path, what):
-    data = f.read(n)
+    try:
+        data = f.read(n)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise SourceFormatError(f"{path}: the gzip stream is damaged inside {what} ({exc})") \
+            from exc
     if len(data) != n:
         raise SourceFormatError(f"{path}: file ends inside {what} (truncated?)")
     return data
+
+
+def _check_length(path, needed, what):
+    """An uncompressed input must hold what its header declares (a gzipped one is checked
+    while it is read)."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return
+    size = os.path.getsize(path)
+    if size < needed:
+        raise SourceFormatError(f"{path}: the header declares {what} ({needed:,} bytes with the "
+                                f"header) but the file holds {size:,} bytes (truncated?)")
 
 
 class MnistSource:
@@ -320,6 +350,11 @@ class MnistSource:
         if n != ln:
             raise SourceFormatError(f"{self.images} has {n} images but {self.labels} has "
                                     f"{ln} labels")
+        if max(rows, cols, rows * cols) >= 1 << 31:  # a Datum's int32 fields, protobuf's 2 GB
+            raise SourceFormatError(f"{self.images}: images of {rows} x {cols} pixels are too "
+                                    "large for a Datum (a damaged header?)")
+        _check_length(self.images, 16 + n * rows * cols, f"{n} images of {rows} x {cols}")
+        _check_length(self.labels, 8 + n, f"{n} labels")
         self.count, self.rows, self.cols = n, rows, cols
 
     def __len__(self):
@@ -327,6 +362,7 @@ class MnistSource:
 
     def samples(self, start=0, block=4096):
         size = self.rows * self.cols
+        block = max(1, min(block, (16 << 20) // max(size, 1)))  # at most 16 MB read at once
         with _open_maybe_gzip(self.images) as fi, _open_maybe_gzip(self.labels) as fl:
             fi.seek(16 + start * size)
             fl.seek(8 + start)

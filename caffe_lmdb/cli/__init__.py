@@ -37,7 +37,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args) or 0
-    except CaffeLMDBError as exc:
+    except (CaffeLMDBError, OSError) as exc:  # OSError: a missing input file, a full disk...
         print(f"caffe-lmdb: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

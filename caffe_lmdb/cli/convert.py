@@ -19,7 +19,7 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 _BOOL_FLAGS = {"gray", "shuffle", "check_size", "encoded", "overwrite", "resume", "strict",
                "index_keys", "quiet"}
 _VALUE_FLAGS = {"resize_height", "resize_width", "encode_type", "backend", "seed", "workers",
-                "targets", "timeout", "executor", "map_size"}
+                "targets", "timeout", "executor", "map_size", "max_pixels"}
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 _FLAG = re.compile(r"^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
@@ -97,6 +97,9 @@ def _image_flags(p):
                         "(isolates decoder crashes)")
     p.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="skip an image whose decoding takes longer (default %(default)g)")
+    p.add_argument("--max_pixels", type=int, default=api.DEFAULT_MAX_PIXELS, metavar="N",
+                   help="skip, unread, an image whose header declares more pixels (a "
+                        "decompression bomb?); 0: no limit (default %(default)d)")
 
 
 # name -> (help, positionals as (dest, metavar), image flags?, the API call)
@@ -195,7 +198,7 @@ def _options(args, images):
                     check_size=args.check_size, encoded=args.encoded,
                     encode_type=args.encode_type, index_keys=args.index_keys,
                     strict=args.strict, workers=args.workers, executor=args.executor,
-                    timeout=args.timeout or None)
+                    timeout=args.timeout or None, max_pixels=args.max_pixels)
     return opts
 
 

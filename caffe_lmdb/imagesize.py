@@ -1,0 +1,205 @@
+"""The dimensions an image file declares in its header, read without decoding it.
+
+A decompression bomb is a small file that declares an enormous image (a PNG of a few hundred
+kilobytes can declare 100,000 x 100,000 pixels): decoding it would allocate gigabytes. OpenCV
+refuses images over 2^30 pixels on its own, a limit fixed when the library loads
+(``OPENCV_IO_MAX_IMAGE_PIXELS``), which still lets one image take 3 GB as BGR. The converters
+therefore read the header first and refuse an image over ``max_pixels``
+(:data:`DEFAULT_MAX_PIXELS`, the threshold at which Pillow raises its DecompressionBombError).
+
+Headers understood: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM (PBM/PGM/PPM/PAM) and PFM. Other
+formats (JPEG 2000, OpenEXR, HDR, ...) are left to OpenCV's own limit.
+"""
+import os
+import stat
+import struct
+
+from .errors import ImageTooLargeError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "declared_size", "check_pixels"]
+
+#: the default pixel limit (width x height) of the converters: Pillow's bomb threshold
+DEFAULT_MAX_PIXELS = 178_956_970
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xDA)) | {0x01}
+_MAX_JPEG_SEGMENTS = 4096
+
+
+def _png(f, head):
+    if head[12:16] != b"IHDR" or len(head) < 24:
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def _gif(f, head):
+    return struct.unpack("<HH", head[6:10]) if len(head) >= 10 else None
+
+
+def _bmp(f, head):
+    if len(head) < 26:
+        return None
+    (dib,) = struct.unpack("<I", head[14:18])
+    if dib == 12:  # OS/2 BITMAPCOREHEADER
+        return struct.unpack("<HH", head[18:22])
+    w, h = struct.unpack("<ii", head[18:26])
+    return abs(w), abs(h)  # a negative height means top-down rows
+
+
+def _webp(f, head):
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        w = int.from_bytes(head[24:27], "little") + 1
+        h = int.from_bytes(head[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _jpeg(f, head):
+    f.seek(2)
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        byte = f.read(1)
+        if byte != b"\xff":
+            return None
+        marker = 0xFF
+        while marker == 0xFF:  # fill bytes
+            b = f.read(1)
+            if not b:
+                return None
+            marker = b[0]
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or start of scan before any frame header
+            return None
+        raw = f.read(2)
+        if len(raw) < 2:
+            return None
+        (length,) = struct.unpack(">H", raw)
+        if marker in _JPEG_SOF:
+            body = f.read(5)
+            if len(body) < 5:
+                return None
+            h, w = struct.unpack(">HH", body[1:5])
+            return w, h
+        if length < 2:
+            return None
+        f.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def _tiff(f, head):
+    order = "<" if head[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    f.seek(offset)
+    raw = f.read(2)
+    if len(raw) < 2:
+        return None
+    (count,) = struct.unpack(order + "H", raw)
+    entries = f.read(12 * min(count, 4096))
+    size = {}
+    for i in range(len(entries) // 12):
+        tag, kind, n = struct.unpack(order + "HHI", entries[12 * i:12 * i + 8])
+        if tag in (256, 257) and n == 1:
+            if kind == 3:  # SHORT
+                size[tag] = struct.unpack(order + "H", entries[12 * i + 8:12 * i + 10])[0]
+            elif kind == 4:  # LONG
+                size[tag] = struct.unpack(order + "I", entries[12 * i + 8:12 * i + 12])[0]
+    if 256 in size and 257 in size:
+        return size[256], size[257]
+    return None
+
+
+def _pnm_tokens(head, start, count):
+    """The first ``count`` whitespace-separated tokens after ``start``, skipping comments."""
+    tokens, i, n = [], start, len(head)
+    while len(tokens) < count and i < n:
+        c = head[i:i + 1]
+        if c == b"#":
+            while i < n and head[i:i + 1] not in (b"\n", b"\r"):
+                i += 1
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < n and not head[j:j + 1].isspace() and head[j:j + 1] != b"#":
+                j += 1
+            tokens.append(head[i:j])
+            i = j
+    return tokens
+
+
+def _pnm(f, head):
+    if head[:2] == b"P7":  # PAM: WIDTH and HEIGHT lines
+        size = {}
+        for line in head.split(b"\n")[1:]:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in (b"WIDTH", b"HEIGHT") and parts[1].isdigit():
+                size[parts[0]] = int(parts[1])
+            if line.strip() == b"ENDHDR":
+                break
+        return (size[b"WIDTH"], size[b"HEIGHT"]) if len(size) == 2 else None
+    tokens = _pnm_tokens(head, 2, 2)
+    if len(tokens) == 2 and all(t.isdigit() for t in tokens):
+        return int(tokens[0]), int(tokens[1])
+    return None
+
+
+def _kind(head):
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif
+    if head.startswith(b"BM"):
+        return _bmp
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return _webp
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff
+    if head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"F", b"f"):
+        return _pnm
+    return None
+
+
+def declared_size(path):
+    """``(width, height)`` as the header of the image file at ``path`` declares them, or None
+    when the format is not one listed in the module docstring, the header is cut short, or
+    ``path`` is not a regular file (a FIFO, a device: nothing is read from those)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(512)
+        parse = _kind(head)
+        if parse is None:
+            return None
+        try:
+            return parse(f, head)
+        except (struct.error, OSError, ValueError):
+            return None
+
+
+def check_pixels(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """Raise :class:`~caffe_lmdb.errors.ImageTooLargeError` when the image at ``path`` declares
+    more than ``max_pixels`` pixels (None or 0: no limit). Nothing is decoded."""
+    if not max_pixels:
+        return
+    size = declared_size(path)
+    if size is None:
+        return
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{path} declares {w} x {h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+            "(a decompression bomb?); raise max_pixels (--max_pixels) to convert it",
+            os.fspath(path), (w, h))
