@@ -496,8 +496,7 @@ class DatumDB:
         return self._environment()
 
     def _load(self):
-        env = self._environment()
-        with env.begin() as txn:
+        with self._txn(buffers=False) as txn:  # refresh() after a writer grew the map, too
             index = _scan_keys(txn)
             if len(index):
                 key = index[0]
@@ -536,13 +535,13 @@ class DatumDB:
     def __exit__(self, *exc):
         self.close()
 
-    def _txn(self):
+    def _txn(self, buffers=True):
         env = self._environment()
         try:
-            return env.begin(buffers=True)
+            return env.begin(buffers=buffers)
         except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
             env.set_mapsize(0)
-            return env.begin(buffers=True)
+            return env.begin(buffers=buffers)
 
     # -- the sequence of records ------------------------------------------------------------
 
