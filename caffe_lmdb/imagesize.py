@@ -7,8 +7,8 @@ refuses images over 2^30 pixels on its own, a limit fixed when the library loads
 therefore read the header first and refuse an image over ``max_pixels``
 (:data:`DEFAULT_MAX_PIXELS`, the threshold at which Pillow raises its DecompressionBombError).
 
-Headers understood: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM (PBM/PGM/PPM/PAM) and PFM. Other
-formats (JPEG 2000, OpenEXR, HDR, ...) are left to OpenCV's own limit.
+Headers understood: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM (PBM/PGM/PPM/PAM), PFM, Sun raster
+and Radiance HDR. Other formats (JPEG 2000, AVIF, OpenEXR) are left to OpenCV's own limit.
 """
 import os
 import stat
@@ -150,6 +150,19 @@ def _pnm(f, head):
     return None
 
 
+def _sun(f, head):
+    return struct.unpack(">II", head[4:12]) if len(head) >= 12 else None
+
+
+def _hdr(f, head):
+    for line in head.split(b"\n")[1:]:  # header lines, a blank line, then "-Y h +X w"
+        parts = line.split()
+        if len(parts) == 4 and parts[0][1:] == b"Y" and parts[2][1:] == b"X":
+            if parts[1].isdigit() and parts[3].isdigit():
+                return int(parts[3]), int(parts[1])
+    return None
+
+
 def _kind(head):
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return _png
@@ -163,6 +176,10 @@ def _kind(head):
         return _webp
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff
+    if head.startswith(b"\x59\xa6\x6a\x95"):
+        return _sun
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return _hdr
     if head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"F", b"f"):
         return _pnm
     return None

@@ -148,8 +148,11 @@ class LMDBSink:
         self.path = os.fspath(path)
         self.commit_every = max(1, int(commit_every))
         self.commit_bytes = int(commit_bytes)
-        self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True, meminit=False,
-                             sync=sync, max_dbs=0, max_readers=MAX_READERS)
+        try:
+            self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True,
+                                 meminit=False, sync=sync, max_dbs=0, max_readers=MAX_READERS)
+        except lmdb.Error as exc:  # e.g. no room for lock.mdb
+            raise WriteError(f"could not open {self.path} for writing ({exc})") from exc
         short = truncation(self.env, self.path)
         if short is not None:  # appending to it would crash (SIGBUS) or corrupt it
             self.env.close()
