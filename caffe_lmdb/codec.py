@@ -394,7 +394,8 @@ def _parse(buf, pos, end, f, snapshot=False):
         elif wire == 5 and field == 6:
             # Caffe writes float_data unpacked: tag 0x35 + 4 bytes per value. Count the whole
             # run of such values with one strided look at the tag bytes.
-            if snapshot and snap is None and tag == 0x35 and f.data is None and not f.floats:
+            if (snapshot and snap is None and tag == 0x35 and buf[pos - 1] == 0x35
+                    and f.data is None and not f.floats):  # a one-byte tag, before pos
                 snap = (pos - 1, f.copy())
             chunks = (end - pos + 1) // 5
             if chunks >= 8 and buf[pos - 1] == 0x35:

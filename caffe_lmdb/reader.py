@@ -81,7 +81,7 @@ def describe_bytes(value):
             return what
     if value.startswith(b"RIFF") and value[8:12] == b"WEBP":
         return "a WebP file"
-    if value[:1] == b"\x80" and 2 <= value[1] <= 5:
+    if value[:1] == b"\x80" and len(value) > 1 and 2 <= value[1] <= 5:
         return f"a Python pickle (protocol {value[1]})"
     try:
         text = value.decode("utf-8")
