@@ -10,6 +10,7 @@ therefore read the header first and refuse an image over ``max_pixels``
 Headers understood: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM (PBM/PGM/PPM/PAM), PFM, Sun raster
 and Radiance HDR. Other formats (JPEG 2000, AVIF, OpenEXR) are left to OpenCV's own limit.
 """
+import io
 import os
 import stat
 import struct
@@ -185,25 +186,32 @@ def _kind(head):
     return None
 
 
-def declared_size(path):
-    """``(width, height)`` as the header of the image file at ``path`` declares them, or None
-    when the format is not one listed in the module docstring, the header is cut short, or
-    ``path`` is not a regular file (a FIFO, a device: nothing is read from those)."""
+def declared_size(image):
+    """``(width, height)`` as the header of an image declares them, or None when the format
+    is not one listed in the module docstring or the header is cut short. ``image``: the path
+    of a file (a FIFO, a device or a missing file gives None: nothing is read from those) or
+    the bytes of one (e.g. the ``data`` of an encoded Datum)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _declared(io.BytesIO(image))
     try:
-        st = os.stat(path)
+        st = os.stat(image)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    with open(path, "rb") as f:
-        head = f.read(512)
-        parse = _kind(head)
-        if parse is None:
-            return None
-        try:
-            return parse(f, head)
-        except (struct.error, OSError, ValueError):
-            return None
+    with open(image, "rb") as f:
+        return _declared(f)
+
+
+def _declared(f):
+    head = f.read(512)
+    parse = _kind(head)
+    if parse is None:
+        return None
+    try:
+        return parse(f, head)
+    except (struct.error, OSError, ValueError):
+        return None
 
 
 def check_pixels(path, max_pixels=DEFAULT_MAX_PIXELS):

@@ -10,12 +10,11 @@ it). Without a writer, any number of readers of either kind read in peace.
 Each process here is a small script run with ``python -c`` (or forked from one, for the 200
 readers), so that the test process's own threads and open environments play no part.
 """
+import inspect
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import lmdb
 import numpy as np
@@ -25,14 +24,14 @@ import caffe_lmdb
 from caffe_lmdb import sink
 from conftest import read_lmdb
 
-# record i: 3 x 40 x 40 pixels (4,800 bytes: more than one 4 KiB page) derived from i, label i
-RECORD = """
-import numpy as np
+
 def record(i):
+    """Record i: 3 x 40 x 40 pixels (4,800 bytes: more than one 4 KiB page) derived from i."""
     x = np.arange(4800, dtype=np.uint64) * 2654435761 + i * 40503
     return ((x >> np.uint64(7)) & np.uint64(255)).astype(np.uint8).reshape(3, 40, 40)
-"""
-exec(RECORD)  # the same record() here as in the child processes
+
+
+RECORD = "import numpy as np\n" + inspect.getsource(record)  # the same in the children
 
 WRITER = RECORD + """
 import sys, time
