@@ -45,7 +45,10 @@ if kind == "mnist":
 else:
     caffe_lmdb.convert_imageset(**job)
 """
-_CLI = "import sys; from caffe_lmdb.cli import main; sys.exit(main())"
+# Ctrl-C as at a terminal, even when this process was started with SIGINT ignored (as a
+# background job is), which the child would inherit, and Python would then leave ignored
+_CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from caffe_lmdb.cli import main; sys.exit(main())")
 
 # --------------------------------------------------------------------------------------------
 # Inputs: small synthetic images (with one missing and one corrupt line) and an MNIST pair
@@ -311,7 +314,9 @@ def run_trial(trial, work, tmp, refs_dir, refs):
     if trial.signal == "KILL":
         assert rc in (0, -signal.SIGKILL), err
         assert rc != 0 or trial.crash is None, f"the hook {trial.crash} was never reached"
-    elif not finished_first:
+    elif trial.crash is not None:
+        assert rc == 130, f"the hook {trial.crash}: exit status {rc}, {err}"
+    if trial.signal == "INT" and not finished_first:
         assert rc == 130 and "Traceback" not in err, err
         assert "run the same command with --resume" in err, err
     seed = _seed(trial, db)

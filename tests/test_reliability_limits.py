@@ -279,7 +279,7 @@ def test_records_larger_than_a_page_and_than_the_initial_map(tmp_path):
     assert w.close().map_grown >= 2
 
 
-def test_a_database_fifty_times_its_first_map_size(tmp_path):
+def test_a_database_36_times_its_first_map_size(tmp_path):
     """3,000 records of 12 KB (36 MB) written from a 1 MiB map (it doubles 6 times), every
     record read back, in batches and one by one."""
     rng = np.random.default_rng(3)
