@@ -42,6 +42,8 @@ from .convert import (
 from .features import (FeatureKeyWarning, feature_names, features_to_npy, read_features,
                        write_features)
 from .mean import channel_means, compute_mean, read_mean, write_mean
+from .merging import merge
+from .ray_executor import RayExecutor  # ray itself is imported only when it is used
 from .reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
 __version__ = "0.1.0"
@@ -56,7 +58,7 @@ __all__ = [
     "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
-    "DatumWriter", "Summary",
+    "DatumWriter", "Summary", "merge", "RayExecutor",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

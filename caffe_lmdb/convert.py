@@ -15,6 +15,7 @@ and after a crash it holds a valid prefix that ``resume=True`` completes.
 The functions here never print: pass ``progress=callable(done, total)`` for progress, and read
 the returned :class:`Summary`.
 """
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,8 @@ import numpy as np
 
 from .codec import array_to_datum_bytes, parse_datum
 from .encode import Skip, encode_many
-from .errors import (ImageReadError, ResumeError, ShapeMismatchError, SourceFormatError)
+from .errors import (ImageReadError, OptionError, ResumeError, ShapeMismatchError,
+                     SourceFormatError)
 from .imagesize import DEFAULT_MAX_PIXELS
 from .keys import index_key
 from .parallel import InlineExecutor, make_executor, ordered_map, prefetch
@@ -34,8 +36,8 @@ from .sources import (ArraySource, CifarSource, FolderSource, ImageOptions, List
                       MnistSource)
 
 __all__ = ["Summary", "run", "convert_imageset", "convert_folder", "convert_mnist",
-           "convert_cifar", "write_arrays", "DatumWriter", "targets_db_path",
-           "DEFAULT_TIMEOUT"]
+           "convert_cifar", "write_arrays", "DatumWriter", "targets_db_path", "ShardSource",
+           "parse_shard", "DEFAULT_TIMEOUT"]
 
 #: seconds an image may take before it is skipped as hung (see parallel.ordered_map)
 DEFAULT_TIMEOUT = 60.0
@@ -106,6 +108,52 @@ def _chunked(iterable, size):
         yield chunk
 
 
+def parse_shard(shard):
+    """``(k, n)`` or ``"k/n"`` -> ``(k, n)``, checked: 0 <= k < n."""
+    if isinstance(shard, str):
+        k, sep, n = shard.partition("/")
+        if not sep:
+            raise OptionError(f"shard {shard!r}: expected K/N, e.g. 0/4 for the first of 4 "
+                              "parts")
+        shard = (k, n)
+    try:
+        k, n = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise OptionError(f"shard {shard!r}: expected two integers K/N") from None
+    if not 0 <= k < n:
+        raise OptionError(f"shard {k}/{n}: K must be in 0 .. N - 1 (parts are numbered from 0)")
+    return k, n
+
+
+class ShardSource:
+    """The k-th of n contiguous parts of a source's samples (positions ``len * k // n`` up to
+    ``len * (k + 1) // n``), keeping their keys: parts converted on different machines hold
+    ascending, disjoint key ranges, which :func:`caffe_lmdb.merge` joins in order into the
+    database a single conversion would have written. Positions are renumbered from 0 within the
+    part (progress, resume), keys and ``where`` are not."""
+
+    def __init__(self, source, shard):
+        self.source = source
+        self.shard = parse_shard(shard)
+        k, n = self.shard
+        total = len(source)
+        self.start, self.stop = total * k // n, total * (k + 1) // n
+        self.chunk = source.chunk
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def samples(self, start=0):
+        for sample in self.source.samples(self.start + start):
+            if sample.index >= self.stop:
+                return
+            yield dataclasses.replace(sample, index=sample.index - self.start)
+
+    def fingerprint(self):
+        fp = self.source.fingerprint()
+        return None if fp is None else {**fp, "shard": list(self.shard)}
+
+
 def _batch_bytes(batch):
     return sum(len(r.value) for r in batch if not isinstance(r, Skip)) + 1
 
@@ -141,13 +189,15 @@ def _load_resume(path, fingerprint):
     return state
 
 
-def run(source, path, *, job="convert", workers=None, executor="thread", overwrite=False,
-        resume=False, strict=False, check_size=False, timeout=DEFAULT_TIMEOUT, progress=None,
-        map_size=DEFAULT_MAP_SIZE, commit_every=1000, targets=False, files=None):
+def run(source, path, *, workers=None, executor="thread", shard=None, **options):
     """Write every sample of ``source`` into the LMDB at ``path``; returns a :class:`Summary`.
 
-    ``workers``: tasks in parallel (default: all cores); ``executor``: "thread" (default),
-    "process", "inline" or an executor object (see :mod:`caffe_lmdb.parallel`).
+    ``workers``: tasks in parallel (default: all cores); ``executor``: "thread" (default, also
+    called "local"), "process", "inline", "ray" (a Ray cluster, see
+    :mod:`caffe_lmdb.ray_executor`) or an executor object (see :mod:`caffe_lmdb.parallel`).
+    ``shard=(k, n)``: write only the k-th of n contiguous parts of the samples, with the keys
+    they have in the whole conversion, so that parts converted apart (one per machine) can be
+    joined with :func:`caffe_lmdb.merge`.
     ``strict``: raise ImageReadError at the first unreadable sample instead of skipping it.
     ``check_size``: raise ShapeMismatchError when a raw record's shape differs from the first.
     ``timeout``: seconds after which a sample whose worker has not returned is skipped.
@@ -156,6 +206,28 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
     On any error or interrupt, the records before it are committed: the database is a valid
     prefix of the full conversion, and ``resume=True`` finishes it.
     """
+    ex = make_executor(executor, workers)
+    try:
+        if getattr(ex, "remote", False) and getattr(source, "root", None) is not None:
+            source.root = _absolute_root(source.root)  # workers do not share our working folder
+        check = getattr(ex, "check_source", None)
+        if check is not None:
+            check(source)  # e.g. can a cluster's workers read the input files?
+        if shard is not None:
+            source = ShardSource(source, shard)
+        return _run(source, path, ex, **options)
+    finally:
+        ex.shutdown()
+
+
+def _absolute_root(root):
+    trailing = root.endswith(("/", os.sep))
+    return os.path.abspath(root) + (os.sep if trailing else "")
+
+
+def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, strict=False,
+         check_size=False, timeout=DEFAULT_TIMEOUT, progress=None, map_size=DEFAULT_MAP_SIZE,
+         commit_every=1000, targets=False, files=None):
     t0 = time.perf_counter()
     path = os.fspath(path)
     fingerprint = _normalize({"job": job, **(source.fingerprint() or {}),
@@ -201,13 +273,22 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
                                s.reason] for s in skipped])
         write_state(path, state)
 
-    ex = make_executor(executor, workers)
+    def on_fail(chunk, reason):
+        """A task that timed out or lost its worker: with several samples, find the one at
+        fault by running them one at a time."""
+        if len(chunk) == 1:
+            return _skip_chunk(chunk, reason)
+        singles = ordered_map(encode_many, ([s] for s in chunk), ex, timeout=timeout,
+                              on_fail=_skip_chunk, describe=_describe_chunk)
+        return [rec for single in singles for rec in single]
+
     log = open(log_path, "a", encoding="utf-8")
     try:
         if progress is not None:
             progress(done, summary.total)
-        chunks = _chunked(source.samples(start), source.chunk)
-        results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=_skip_chunk,
+        # a cluster executor wants bigger tasks than one image (its per-task cost is higher)
+        chunks = _chunked(source.samples(start), max(source.chunk, getattr(ex, "chunk", 1)))
+        results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=on_fail,
                               describe=_describe_chunk)
         if not isinstance(ex, InlineExecutor):
             # the workers run on while a commit waits for the disk
@@ -245,7 +326,6 @@ def run(source, path, *, job="convert", workers=None, executor="thread", overwri
         raise
     finally:
         log.close()
-        ex.shutdown()
         sink.env.close()
         if tsink is not None:
             tsink.env.close()
@@ -283,8 +363,11 @@ def _image_options(gray, resize_height, resize_width, encoded, encode_type, max_
                         gray=bool(gray), encode=enc, max_pixels=int(max_pixels or 0) or None)
 
 
-def _saved_seed(db, shuffle, seed, resume):
+def _saved_seed(db, shuffle, seed, resume, shard=None):
     """A shuffled run without --seed draws one; --resume must reuse it."""
+    if shuffle and seed is None and shard is not None:
+        raise OptionError("--shard with --shuffle needs --seed: every part must draw the same "
+                          "permutation, or the parts would repeat and miss samples")
     if shuffle and seed is None and resume:
         state = read_state(db)
         if state is not None:
@@ -305,7 +388,7 @@ def convert_imageset(root, list_file, db, *, gray=False, shuffle=False, seed=Non
     pixels is skipped without being decoded (a decompression bomb?; None: no limit; see
     :mod:`caffe_lmdb.imagesize`). Other options: see :func:`run`.
     """
-    seed = _saved_seed(db, shuffle, seed, options.get("resume"))
+    seed = _saved_seed(db, shuffle, seed, options.get("resume"), options.get("shard"))
     source = ListFileSource(root, list_file,
                             _image_options(gray, resize_height, resize_width, encoded,
                                            encode_type, max_pixels),
@@ -322,7 +405,7 @@ def convert_folder(root, db, *, gray=False, shuffle=False, seed=None, resize_hei
     Labels follow the sorted class names; ``labels.txt`` in the database folder lists the class
     of label i on line i + 1. Image flags as :func:`convert_imageset`.
     """
-    seed = _saved_seed(db, shuffle, seed, options.get("resume"))
+    seed = _saved_seed(db, shuffle, seed, options.get("resume"), options.get("shard"))
     source = FolderSource(root, _image_options(gray, resize_height, resize_width, encoded,
                                                encode_type, max_pixels),
                           shuffle=shuffle, seed=seed, index_keys=index_keys)

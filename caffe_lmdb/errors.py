@@ -107,3 +107,29 @@ class EncodeError(CaffeLMDBError, ValueError):
 
     A setting error, not a bad input file: converters stop on it rather than skip the image.
     """
+
+
+class MissingDependencyError(CaffeLMDBError, ImportError):
+    """An optional extra (e.g. ``ray``) that a feature needs is not installed; the message
+    names the ``pip install`` command."""
+
+
+class ClusterError(CaffeLMDBError, RuntimeError):
+    """A cluster (Ray) cannot run the work: no connection, a node without caffe_lmdb, or
+    workers that cannot read the input files (they must be on storage every node mounts)."""
+
+
+class KeyRangeError(CaffeLMDBError, ValueError):
+    """Databases to merge whose key ranges overlap or come out of order. ``first`` and
+    ``second`` are the two databases, ``last_key`` the first one's last key and ``first_key``
+    the second one's first key."""
+
+    def __init__(self, message, first=None, second=None, last_key=None, first_key=None):
+        self.first, self.second = first, second
+        self.last_key, self.first_key = last_key, first_key
+        super().__init__(message)
+
+
+class OptionError(CaffeLMDBError, ValueError):
+    """Options that are out of range or contradict each other (e.g. ``--shard`` with
+    ``--shuffle`` but no ``--seed``)."""

@@ -211,19 +211,25 @@ class ProcessExecutor:
 
 
 def make_executor(executor="thread", workers=None):
-    """An executor from a name ("thread", "process", "inline") or an executor object as is.
-    ``workers`` defaults to all cores. One worker thread still frees the caller to write while
-    it decodes, and lets a timeout apply; "inline" runs everything in the caller."""
+    """An executor from a name ("thread", "process", "inline", "ray"; "local" is "thread") or
+    an executor object as is. ``workers`` defaults to all cores (for "ray": the cluster's
+    CPUs). One worker thread still frees the caller to write while it decodes, and lets a
+    timeout apply; "inline" runs everything in the caller."""
     if not isinstance(executor, str):
         return executor
+    if executor == "ray":
+        from .ray_executor import RayExecutor  # the only module that imports ray
+
+        return RayExecutor(workers)
     workers = max(1, int(workers or default_workers()))
     if executor == "inline":
         return InlineExecutor()
-    if executor == "thread":
+    if executor in ("thread", "local"):
         return ThreadExecutor(workers)
     if executor == "process":
         return ProcessExecutor(workers)
-    raise ValueError(f"unknown executor {executor!r}: use 'thread', 'process' or 'inline'")
+    raise ValueError(f"unknown executor {executor!r}: use 'thread' (or 'local'), 'process', "
+                     "'inline' or 'ray'")
 
 
 def _fail(on_fail, describe, item, reason):

@@ -19,6 +19,7 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 _BOOL_FLAGS = {"gray", "shuffle", "check_size", "encoded", "overwrite", "resume", "strict",
                "index_keys", "quiet"}
 _VALUE_FLAGS = {"resize_height", "resize_width", "encode_type", "backend", "seed", "workers",
+                "ray_address", "shard",
                 "targets", "timeout", "executor", "map_size", "max_pixels"}
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -75,6 +76,20 @@ def _common(p):
                    "supported)")
     p.add_argument("--map_size", type=int, default=None, metavar="BYTES",
                    help="initial LMDB map size (it grows by itself when full)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"parallel workers (default: all cores, here {default_workers()}; "
+                        "with --executor=ray: the cluster's CPUs)")
+    p.add_argument("--executor", default=None, choices=("local", "thread", "process", "ray"),
+                   help="local = thread (the default: fastest on one machine, OpenCV releases "
+                        "the GIL), process (isolates decoder crashes), or ray (encode on a Ray "
+                        "cluster, write here; see docs/cluster.md)")
+    p.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
+                   metavar="ADDRESS", help="the Ray cluster to join (e.g. auto, "
+                   "ray://head:10001; default $RAY_ADDRESS, else a local instance); implies "
+                   "--executor=ray")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="convert only the K-th of N parts (K = 0 .. N-1), keeping the keys of "
+                        "the whole conversion; join the parts with 'caffe-lmdb merge'")
 
 
 def _image_flags(p):
@@ -90,11 +105,6 @@ def _image_flags(p):
                    help="encode as this type (jpg, png, ...); implies --encoded")
     _bool(p, "index_keys", "keys %%08d only, without the path (for paths too long for LMDB)")
     _bool(p, "strict", "stop at the first unreadable image instead of skipping it")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"parallel workers (default: all cores, here {default_workers()})")
-    p.add_argument("--executor", default="thread", choices=("thread", "process"),
-                   help="thread (default: fastest, OpenCV releases the GIL) or process "
-                        "(isolates decoder crashes)")
     p.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="skip an image whose decoding takes longer (default %(default)g)")
     p.add_argument("--max_pixels", type=int, default=api.DEFAULT_MAX_PIXELS, metavar="N",
@@ -187,17 +197,42 @@ def _check_backend(args):
                           "only (--backend=lmdb)")
 
 
+def _shard(text):
+    try:
+        return api.parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _executor(args):
+    """The executor the flags ask for (None: the converter's default)."""
+    if args.ray_address and args.executor not in (None, "ray"):
+        raise _UsageError(f"--ray-address applies to --executor=ray, not {args.executor}")
+    if args.executor == "ray" or args.ray_address:
+        from ..ray_executor import RayExecutor  # ray itself is imported when first used
+
+        return RayExecutor(args.workers, address=args.ray_address)
+    return args.executor
+
+
 def _options(args, images):
     """The API keywords the parsed flags stand for."""
     opts = dict(overwrite=args.overwrite, resume=args.resume)
     if args.map_size:
         opts["map_size"] = args.map_size
+    if args.shard:
+        opts["shard"] = args.shard
+    if args.workers:
+        opts["workers"] = args.workers
+    executor = _executor(args)
+    if executor is not None:
+        opts["executor"] = executor
     if images:
         opts.update(gray=args.gray, shuffle=args.shuffle, seed=args.seed,
                     resize_height=args.resize_height, resize_width=args.resize_width,
                     check_size=args.check_size, encoded=args.encoded,
                     encode_type=args.encode_type, index_keys=args.index_keys,
-                    strict=args.strict, workers=args.workers, executor=args.executor,
+                    strict=args.strict,
                     timeout=args.timeout or None, max_pixels=args.max_pixels)
     return opts
 
