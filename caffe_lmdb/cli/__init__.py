@@ -10,9 +10,10 @@ from .. import __version__
 from ..errors import CaffeLMDBError
 from . import convert as _convert
 from . import mean as _mean
+from . import merge as _merge
 from . import read as _read
 
-GROUPS = [_mean, _convert, _read]
+GROUPS = [_mean, _convert, _read, _merge]
 
 
 def build_parser():
