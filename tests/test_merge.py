@@ -26,8 +26,8 @@ def test_merge_concatenates_in_key_order(parts, tmp_path):
     assert summary.written == summary.total == 30 and summary.skipped == []
     assert summary.bytes == sum(len(v) for _, v in merged)
     # the database reads back as one: labels as images_db made them (3 * i + 1)
-    assert [label for _, label in caffe_lmdb.open(tmp_path / "out")] == [3 * i + 1
-                                                                        for i in range(30)]
+    with caffe_lmdb.open(tmp_path / "out") as db:
+        assert [label for _, label in db] == [3 * i + 1 for i in range(30)]
     assert not [n for n in os.listdir(tmp_path) if "merging" in n]  # temp folder gone
 
 
