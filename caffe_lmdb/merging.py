@@ -96,8 +96,8 @@ def _fsync_dir(path):
 
 
 def _copy(ranges, sink, total, progress):
-    """Put every record of every input (returns the bytes of values), checking that keys keep ascending (an input written to
-    since it was checked could break that)."""
+    """Put every record of every input; returns the bytes of values. Checks that keys keep
+    ascending (an input written to since it was checked could break that)."""
     done = value_bytes = 0
     for path, _entries, _first, _last, _size in ranges:
         with DatumDB(path) as db, db.env.begin() as txn:

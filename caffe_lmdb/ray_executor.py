@@ -11,6 +11,12 @@ flight and hands results to the one LMDB writer in the driver, in key order. A t
 nothing but its argument and the image files it names, so the bytes are the same wherever it
 ran.
 
+Inputs: image files must be readable at the same path on every node. :meth:`check_source`
+runs a probe task on every node before anything is written, and every task checks the image
+root again before it starts, so that a node without the shared storage (one that joined later)
+stops the conversion with a :class:`~caffe_lmdb.errors.ClusterError` naming it, instead of
+turning its images into skips.
+
 Failures:
 
 * a worker process, a node or a finished result lost (``WorkerCrashedError``,
@@ -18,8 +24,9 @@ Failures:
   that is not enough, the executor submits it again itself, up to ``resubmit`` times. The task
   is pure, so running it twice writes nothing twice: only its result, once, reaches the writer.
   A task lost every time fails with :class:`WorkerLost` (a ``BrokenExecutor``), and
-  ordered_map then treats it as a crashing decoder: it runs the samples one by one, and skips
-  the one that keeps killing its worker;
+  ordered_map then treats it as a crashing decoder: it runs the tasks in flight again one at a
+  time, the converter splits a chunk that fails again into single samples, and only a sample
+  that keeps killing its worker is skipped;
 * the task's function raised (``RayTaskError``): the function is deterministic, so running it
   again would raise again; the original exception is delivered (e.g. an ``EncodeError``);
 * a task that exceeds the converter's timeout is cancelled (its worker is killed).
@@ -27,14 +34,9 @@ Failures:
 import os
 import socket
 import threading
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 
 from .errors import ClusterError, MissingDependencyError
-
-try:
-    from concurrent.futures import BrokenExecutor
-except ImportError:  # pragma: no cover - Python < 3.7
-    from concurrent.futures.process import BrokenProcessPool as BrokenExecutor
 
 __all__ = ["RayExecutor", "WorkerLost", "import_ray", "INSTALL_HINT"]
 
@@ -79,6 +81,16 @@ def _probe(root, path):
         except OSError as exc:
             return host, __version__, f"cannot read {path} there ({exc.strerror or exc})"
     return host, __version__, None
+
+
+def _call_checked(fn, root, arg):
+    """A task: ``fn(arg)``, after checking that this node sees the image root (a node that
+    joined after the probe, or lost its mount, must not turn every image into a skip)."""
+    if root is not None and not os.path.isdir(root):
+        raise ClusterError(f"Ray workers on node {socket.gethostname()} cannot read the input "
+                           f"images: {root} is not a folder there (a node without the shared "
+                           "storage?); see docs/cluster.md")
+    return fn(arg)
 
 
 def _readable_sample(source, look=64):
@@ -126,6 +138,7 @@ class RayExecutor:
         self._lost = ()
         self._started = False
         self._remotes = {}
+        self.root = None      # the image root every task checks first (see check_source)
         self._lock = threading.Lock()
         self._refs = {}       # id(future) -> (future, ObjectRef of its current attempt)
         self._abandoned = set()
@@ -166,8 +179,10 @@ class RayExecutor:
         remote = self._remotes.get(fn)
         if remote is None:
             ray = self._connect()
-            remote = ray.remote(fn).options(max_retries=self.max_retries,
-                                            retry_exceptions=False)
+            # named after fn: workers show "ray::encode_many" while they run one
+            remote = ray.remote(_call_checked).options(
+                name=getattr(fn, "__name__", "task"), max_retries=self.max_retries,
+                retry_exceptions=False)
             self._remotes[fn] = remote
         return remote
 
@@ -178,7 +193,7 @@ class RayExecutor:
         return fut
 
     def _launch(self, fut, fn, arg, attempt):
-        ref = self._remote(fn).remote(arg)
+        ref = self._remote(fn).remote(fn, self.root, arg)
         with self._lock:
             self._refs[id(fut)] = (fut, ref)
         ref.future().add_done_callback(lambda done: self._settle(fut, fn, arg, attempt, done))
@@ -251,10 +266,12 @@ class RayExecutor:
     def check_source(self, source):
         """Before a conversion: can workers on every node read the source's files? Sources
         whose samples carry their data (MNIST, CIFAR, arrays) need nothing on the nodes."""
+        self.root = None
         root = getattr(source, "root", None)
         if root is None:
             return
         self.check_paths(root, _readable_sample(source))
+        self.root = root
 
     def check_paths(self, root, path=None, timeout=120):
         """Run a tiny probe task on every alive node with CPUs: ``root`` must be a folder there

@@ -123,6 +123,11 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(ray_session, images, 
         assert executor.resubmitted == 1
 
 
+class _Unprobed(RayExecutor):
+    def check_paths(self, root, path=None, timeout=120):
+        pass  # as if the node had joined the cluster after the probe
+
+
 def test_workers_that_cannot_read_the_root_fail_early(ray_session, images, tmp_path):
     # /proc/self/fd/N is the images folder in this process only: a Ray worker has no fd N
     fd = os.open(images, os.O_RDONLY)
@@ -133,6 +138,12 @@ def test_workers_that_cannot_read_the_root_fail_early(ray_session, images, tmp_p
         with pytest.raises(ClusterError) as info:
             caffe_lmdb.convert_imageset(root, images / "list.txt", tmp_path / "db",
                                         executor="ray")
+        # a node that joined after the probe: its first task stops the run, rather than
+        # skipping every image as unreadable
+        with pytest.raises(ClusterError, match="is not a folder there"):
+            caffe_lmdb.convert_imageset(root, images / "list.txt", tmp_path / "late",
+                                        executor=_Unprobed())
+        assert read_lmdb(tmp_path / "late") == []
     finally:
         os.close(high)
         os.close(fd)
