@@ -165,7 +165,9 @@ class _Registry:
     """
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # re-entrant: a DatumDB collected while this thread holds the lock (lmdb.open allocates,
+        # so the garbage collector may run inside acquire) releases through it in __del__
+        self.lock = threading.RLock()
         self.pid = os.getpid()
         self.envs = {}  # identity -> [env, users, flags]
 
@@ -229,7 +231,7 @@ _REGISTRY = _Registry()
 
 def _forked_child_cleanup():
     # A lock held by another thread at fork time stays locked forever in the child.
-    _REGISTRY.lock = threading.Lock()
+    _REGISTRY.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

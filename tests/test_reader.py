@@ -340,3 +340,24 @@ def test_lock_true_reads_a_database_being_written(tmp_path):
     assert len(db) == 5  # the index is a snapshot
     db.refresh()
     assert len(db) == 9 and db[8][1] == 108 and db[4][1] == labels[4]
+
+
+def test_a_db_collected_while_the_registry_is_busy_does_not_deadlock(fixtures):
+    """A DatumDB whose __del__ runs while this thread holds the registry's lock (the garbage
+    collector can run inside lmdb.open) must not wait for that lock forever."""
+    import gc
+    import threading
+
+    from caffe_lmdb import reader
+
+    def collect_inside_the_lock():
+        db = caffe_lmdb.open(fixtures / "mnist_lmdb")
+        assert len(db) == 100  # opens its environment
+        with reader._REGISTRY.lock:
+            del db
+            gc.collect()
+
+    worker = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "releasing a DatumDB inside the registry's lock deadlocked"
