@@ -12,7 +12,7 @@ import numpy as np
 
 from .codec import array_to_datum_bytes, datum_bytes, encode_image
 from .errors import ImageReadError
-from .imagesize import check_pixels
+from .imagesize import check_image
 from .sources import ArraySample, ImageSample, Keyed, RawSample
 
 __all__ = ["Record", "Skip", "encode", "encode_many"]
@@ -53,7 +53,7 @@ def encode(sample):
     if isinstance(sample, ImageSample):
         o = sample.options
         try:
-            check_pixels(sample.path, o.max_pixels)
+            check_image(sample.path, o.max_pixels)
             value = encode_image(sample.path, sample.label, resize=o.resize, gray=o.gray,
                                  encode=o.encode)
         except _decoder_errors() as exc:

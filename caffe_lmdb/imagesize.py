@@ -6,6 +6,9 @@ refuses images over 2^30 pixels on its own, a limit fixed when the library loads
 (``OPENCV_IO_MAX_IMAGE_PIXELS``), which still lets one image take 3 GB as BGR. The converters
 therefore read the header first and refuse an image over ``max_pixels``
 (:data:`DEFAULT_MAX_PIXELS`, the threshold at which Pillow raises its DecompressionBombError).
+They also refuse a PNG with a chunk longer than the file: OpenCV allocates a chunk's declared
+length before reading it (a 400-byte PNG with an IDAT length of 4 GB took 4 GB), and fails on
+such a file anyway.
 
 Headers understood: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM (PBM/PGM/PPM/PAM), PFM, Sun raster
 and Radiance HDR. Other formats (JPEG 2000, AVIF, OpenEXR) are left to OpenCV's own limit.
@@ -15,9 +18,9 @@ import os
 import stat
 import struct
 
-from .errors import ImageTooLargeError
+from .errors import ImageReadError, ImageTooLargeError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "declared_size", "check_pixels"]
+__all__ = ["DEFAULT_MAX_PIXELS", "declared_size", "check_image"]
 
 #: the default pixel limit (width x height) of the converters: Pillow's bomb threshold
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -191,40 +194,76 @@ def declared_size(image):
     is not one listed in the module docstring or the header is cut short. ``image``: the path
     of a file (a FIFO, a device or a missing file gives None: nothing is read from those) or
     the bytes of one (e.g. the ``data`` of an encoded Datum)."""
+    return _inspect(image)[0]
+
+
+def _inspect(image):
+    """(declared size or None, damage found or None) of a path or bytes."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _declared(io.BytesIO(image))
+        return _read_header(io.BytesIO(image), len(image))
     try:
         st = os.stat(image)
     except OSError:
-        return None
+        return None, None
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return None, None
     with open(image, "rb") as f:
-        return _declared(f)
+        return _read_header(f, st.st_size)
 
 
-def _declared(f):
+def _read_header(f, total):
     head = f.read(512)
     parse = _kind(head)
     if parse is None:
-        return None
+        return None, None
     try:
-        return parse(f, head)
+        size = parse(f, head)
     except (struct.error, OSError, ValueError):
-        return None
+        size = None
+    return size, (_png_damage(f, total) if parse is _png else None)
 
 
-def check_pixels(path, max_pixels=DEFAULT_MAX_PIXELS):
-    """Raise :class:`~caffe_lmdb.errors.ImageTooLargeError` when the image at ``path`` declares
-    more than ``max_pixels`` pixels (None or 0: no limit). Nothing is decoded."""
-    if not max_pixels:
-        return
-    size = declared_size(path)
-    if size is None:
+def _png_damage(f, total):
+    """A message when a PNG chunk before IEND declares more bytes than the file holds. OpenCV
+    allocates (and clears) a chunk's declared length before it reads it: a 400-byte file with
+    an IDAT of 4 GB took 4 GB of memory and seconds, and then failed to decode anyway."""
+    pos = 8
+    for _ in range(1 << 20):
+        f.seek(pos)
+        raw = f.read(8)
+        if len(raw) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", raw)
+        left = total - pos - 12
+        if length > left:
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            return (f"its {name} chunk declares {length:,} bytes, more than the {max(left, 0):,} "
+                    "left in the file (damaged or truncated)")
+        if kind == b"IEND":
+            return None
+        pos += 12 + length
+    return None
+
+
+def check_image(image, max_pixels=DEFAULT_MAX_PIXELS):
+    """Check an image before it is decoded (``image``: a path, or the bytes of a file):
+
+    * :class:`~caffe_lmdb.errors.ImageTooLargeError` when its header declares more than
+      ``max_pixels`` pixels (None or 0: no limit);
+    * :class:`~caffe_lmdb.errors.ImageReadError` when it is a PNG with a chunk longer than
+      the file (OpenCV would allocate that length, up to 4 GB, before failing).
+
+    Only headers are read (see :func:`declared_size` for the formats)."""
+    size, damage = _inspect(image)
+    name = f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray, memoryview)) \
+        else os.fspath(image)
+    if damage is not None:
+        raise ImageReadError(f"could not decode image {name}: {damage}", name)
+    if not max_pixels or size is None:
         return
     w, h = size
     if w * h > max_pixels:
         raise ImageTooLargeError(
-            f"{path} declares {w} x {h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+            f"{name} declares {w} x {h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
             "(a decompression bomb?); raise max_pixels (--max_pixels) to convert it",
-            os.fspath(path), (w, h))
+            name, (w, h))

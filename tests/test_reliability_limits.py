@@ -16,7 +16,7 @@ import caffe_lmdb
 from caffe_lmdb import sink
 from caffe_lmdb.cli import main as cli_main
 from caffe_lmdb.errors import ImageTooLargeError, NotADatumDBError, WriteError
-from caffe_lmdb.imagesize import DEFAULT_MAX_PIXELS, check_pixels, declared_size
+from caffe_lmdb.imagesize import DEFAULT_MAX_PIXELS, check_image, declared_size
 from caffe_lmdb.inspect import verify
 from conftest import read_lmdb
 from test_reliability_crash import check_prefix, make_workload
@@ -92,6 +92,24 @@ def test_a_bomb_is_skipped_unread_and_strict_stops_on_it(tmp_path, name, data, s
         caffe_lmdb.convert_imageset(*args, tmp_path / "strict", strict=True)
 
 
+def test_a_png_chunk_longer_than_the_file_is_refused_before_opencv(tmp_path):
+    """A 400-byte PNG whose IDAT declares 4 GB: OpenCV allocated and cleared 4 GB (and took
+    seconds) before failing on it. It is skipped as unreadable without being decoded."""
+    png = bytearray(cv2.imencode(".png", _IMG)[1].tobytes())
+    at = png.index(b"IDAT") - 4
+    png[at:at + 4] = struct.pack(">I", 0xFF00003D)
+    (tmp_path / "bad.png").write_bytes(bytes(png))
+    (tmp_path / "ok.png").write_bytes(cv2.imencode(".png", _IMG)[1].tobytes())
+    (tmp_path / "list.txt").write_text("ok.png 0\nbad.png 1\n")
+    summary = caffe_lmdb.convert_imageset(f"{tmp_path}/", tmp_path / "list.txt", tmp_path / "db",
+                                          max_pixels=None)  # no pixel limit: still refused
+    assert summary.written == 1
+    assert "its IDAT chunk declares 4,278,190,141 bytes, more than the" in summary.skipped[0].reason
+    with pytest.raises(caffe_lmdb.ImageReadError, match="damaged or truncated"):
+        check_image(bytes(png))
+    check_image(tmp_path / "ok.png")
+
+
 def test_max_pixels_is_an_option_of_the_api_and_the_command(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(cv2.imencode(".png", _IMG)[1].tobytes())  # 1,961 pixels
     (tmp_path / "list.txt").write_text("a.png 0\n")
@@ -104,8 +122,8 @@ def test_max_pixels_is_an_option_of_the_api_and_the_command(tmp_path, capsys):
     assert cli_main(["convert-imageset", "--max_pixels=0", *args, str(tmp_path / "d")]) == 0
     assert len(read_lmdb(tmp_path / "d")) == 1
     with pytest.raises(ImageTooLargeError):
-        check_pixels(tmp_path / "a.png", 1000)
-    check_pixels(tmp_path / "a.png", 2000)
+        check_image(tmp_path / "a.png", 1000)
+    check_image(tmp_path / "a.png", 2000)
 
 
 def test_a_bomb_inside_a_record_is_a_decode_error_not_an_allocation(tmp_path):
