@@ -23,6 +23,7 @@ import numpy as np
 
 from . import datum_pb2
 from .errors import DatumDecodeError, EncodeError, ImageReadError
+from .imagesize import DEFAULT_MAX_PIXELS, check_image
 
 Datum = datum_pb2.Datum
 BlobShape = datum_pb2.BlobShape
@@ -336,9 +337,11 @@ def _skip_field(buf, pos, end, wire, field, depth):
             if pos >= end:
                 raise DatumDecodeError(f"group {field} is not closed")
             tag, pos = _read_varint(buf, pos, end)
-            if tag > 0xFFFFFFFF or tag >> 3 == 0:
-                raise DatumDecodeError(f"invalid tag {tag} at byte {pos}")
             inner_field, inner_wire = tag >> 3, tag & 7
+            # protobuf (upb) skips a field 0 of a scalar wire type inside an unknown group, and
+            # rejects a field 0 that opens or closes a group (C++ protobuf rejects them all)
+            if tag > 0xFFFFFFFF or (inner_field == 0 and inner_wire in (3, 4)):
+                raise DatumDecodeError(f"invalid tag {tag} at byte {pos}")
             if inner_wire == 4:
                 if inner_field != field:
                     raise DatumDecodeError(f"group {field} closed by end-group {inner_field}")
@@ -491,10 +494,10 @@ def _raw_tail_label(buf, pos, end, label):
     return None
 
 
-def _fields_to_array(buf, f, color):
+def _fields_to_array(buf, f, color, max_pixels=DEFAULT_MAX_PIXELS):
     """The array a parsed record holds (a view into buf for raw data)."""
     if f.encoded:
-        return _decode_image(buf, f, color)
+        return _decode_image(buf, f, color, max_pixels)
     if f.data is not None and f.data[1]:
         shape = _shape(f)
         offset, size = f.data
@@ -527,12 +530,16 @@ def _gather_floats(buf, spans, count, out=None):
     return out
 
 
-def _decode_image(buf, f, color):
+def _decode_image(buf, f, color, max_pixels):
     cv2 = _cv2()
     if f.data is None or not f.data[1]:
         raise DatumDecodeError("encoded record has no data")
     offset, size = f.data
     blob = np.frombuffer(buf, _U8, count=size, offset=offset)
+    try:  # a header declaring a bomb, or a PNG chunk longer than the file: refused unread
+        check_image(memoryview(blob), max_pixels)
+    except ImageReadError as exc:
+        raise DatumDecodeError(f"encoded image refused: {exc}") from exc
     flag = cv2.IMREAD_UNCHANGED if color is None else (
         cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
     try:
@@ -545,7 +552,7 @@ def _decode_image(buf, f, color):
     return _hwc_to_chw(img)
 
 
-def decode(buf, color=None):
+def decode(buf, color=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode one serialized Datum into ``(array, label)``.
 
     * raw records: a read-only (C, H, W) uint8 view of ``buf`` (no copy: it lives as long as
@@ -555,6 +562,8 @@ def decode(buf, color=None):
       DataLayer does), or forced to 3-channel BGR (``color=True``) or gray (``color=False``).
 
     ``label`` is the int label (0 when the record has none, as protobuf reports).
+    An encoded image whose header declares more than ``max_pixels`` pixels (a decompression
+    bomb; None or 0: no limit) is refused before OpenCV allocates it.
     Raises :class:`~caffe_lmdb.errors.DatumDecodeError` for bytes that are not a Datum, or whose
     pixel count does not match their shape.
     """
@@ -567,7 +576,7 @@ def decode(buf, color=None):
             if label is not None:
                 return np.ndarray(shape, _U8, buf, n), label
     f = parse_datum(buf)
-    return _fields_to_array(buf, f, color), f.label
+    return _fields_to_array(buf, f, color, max_pixels), f.label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -765,7 +774,8 @@ def _split_rows(fn, n, nbytes):
     return all([f.result() for f in futures]) and ok
 
 
-def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
+def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None,
+                 max_pixels=DEFAULT_MAX_PIXELS):
     """Decode many records of one shape into an (N, C, H, W) array and an (N,) int64 label array.
 
     Records whose bytes share one layout (the usual case: one converter, one shape; labels of
@@ -773,7 +783,8 @@ def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
     whole batch; others one by one; encoded images on a thread per core. ``out`` (and
     ``labels_out``) may be preallocated arrays to fill, and ``out``'s dtype may differ from the
     records' (values are cast); without ``out``, records must also agree in dtype. ``keys``, when
-    given, name the records in error messages. Raises ShapeMismatchError when records differ.
+    given, name the records in error messages; ``color`` and ``max_pixels`` are as in
+    :func:`decode`. Raises ShapeMismatchError when records differ.
     """
     buffers = buffers if isinstance(buffers, list) else list(buffers)
     n = len(buffers)
@@ -781,7 +792,7 @@ def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
         raise ValueError("decode_batch needs at least one record")
     try:
         f0 = parse_datum(buffers[0])
-        first = _fields_to_array(buffers[0], f0, color)
+        first = _fields_to_array(buffers[0], f0, color, max_pixels)
     except DatumDecodeError as exc:
         raise DatumDecodeError(f"{_record_name(keys, 0)}: {exc}") from exc
     dtype = first.dtype if out is None else None  # without out, records must agree in dtype
@@ -790,7 +801,8 @@ def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
     if f0.encoded:
         _place(first, out[0])
         labels_out[0] = f0.label
-        work = partial(_decode_into, buffers, out, labels_out, color, keys, first, dtype)
+        work = partial(_decode_into, buffers, out, labels_out, color, max_pixels, keys, first,
+                       dtype)
         for error in _image_pool().map(work, range(1, n)):
             if error is not None:  # the first failing record, in order
                 raise error
@@ -801,19 +813,19 @@ def decode_batch(buffers, out=None, labels_out=None, color=None, keys=None):
     out[0] = first
     labels_out[0] = f0.label
     for i in range(1, n):
-        error = _decode_into(buffers, out, labels_out, color, keys, first, dtype, i)
+        error = _decode_into(buffers, out, labels_out, color, max_pixels, keys, first, dtype, i)
         if error is not None:
             raise error
     return out, labels_out
 
 
-def _decode_into(buffers, out, labels_out, color, keys, first, dtype, i):
+def _decode_into(buffers, out, labels_out, color, max_pixels, keys, first, dtype, i):
     """Decode record i into out[i] and labels_out[i]; return (not raise) the error naming the
     record, so that a pool's errors are reported in record order."""
     from .errors import ShapeMismatchError
 
     try:
-        arr, label = decode(buffers[i], color)
+        arr, label = decode(buffers[i], color, max_pixels)
     except DatumDecodeError as exc:
         err = DatumDecodeError(f"{_record_name(keys, i)}: {exc}")
         err.__cause__ = exc

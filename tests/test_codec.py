@@ -396,3 +396,29 @@ def test_large_uniform_batches_split_across_threads_agree_with_decode(kind):
             + datum_bytes(label=299)
         images, labels = decode_batch(values)
         assert labels[-1] == 299 and np.array_equal(images, arrays)
+
+
+def test_an_encoded_bomb_is_refused_before_opencv_allocates_it():
+    """A PNG header declaring 30,000 x 30,000 pixels: refused from its header (OpenCV would
+    allocate 2.7 GB), unless max_pixels allows it."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    bomb = datum_bytes(data=png, label=3, encoded=True)
+    with pytest.raises(DatumDecodeError, match="30000 x 30000"):
+        decode(bomb)
+    with pytest.raises(DatumDecodeError, match=r"record 1\b.*30000 x 30000"):
+        decode_batch([datum_bytes(data=_tiny_png(), label=0, encoded=True), bomb])
+    with pytest.raises(DatumDecodeError, match="could not be decoded"):  # allowed, then fails
+        decode(bomb, max_pixels=None)  # (the IDAT is far too short for the image)
+
+
+def _tiny_png():
+    import cv2
+
+    return cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))[1].tobytes()

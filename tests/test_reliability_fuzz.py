@@ -150,32 +150,8 @@ def decoder_input(rng, seeds):
 # --------------------------------------------------------------------------------------------
 
 
-def upb_accepts_field_zero_in_a_group(buf, exc):
-    """The one known disagreement with Python's protobuf (upb): a tag of field number 0, any
-    wire type, inside an unknown group (e.g. ``0b 00 00 0c``). upb skips it; C++ protobuf,
-    which Caffe uses, rejects the record, and so does the codec."""
-    m = re.match(r"invalid tag (\d+) at byte", str(exc))
-    if m is None or int(m.group(1)) >> 3:
-        return False
-    try:
-        fields_of(buf)
-    except DecodeError:
-        return False
-    return True
-
-
-_FIELD_ZERO = "field 0 in a group: upb accepts, C++ protobuf and the codec reject"
-
-
 def check_decoder(buf, notes=None):
-    try:
-        check_agrees(buf)  # decode and parse_datum agree with protobuf, or both reject
-    except DatumDecodeError as exc:
-        if not upb_accepts_field_zero_in_a_group(buf, exc):
-            raise
-        if notes is not None:
-            notes[_FIELD_ZERO] += 1
-        return
+    check_agrees(buf)  # decode and parse_datum agree with protobuf, or both reject
     for color in (True, False):
         try:
             decode(buf, color)
@@ -298,12 +274,7 @@ def fuzz_verify(rng, n, ctx, per_db=500):
             except DatumDecodeError:
                 bad.add(key)
                 continue
-            try:
-                codec.parse_datum(value)
-            except DatumDecodeError as exc:  # the known divergence: counted, expected
-                assert upb_accepts_field_zero_in_a_group(value, exc), (key, exc)
-                ctx["notes"][_FIELD_ZERO] += 1
-                bad.add(key)
+            codec.parse_datum(value)  # protobuf accepts it: so must the codec
         try:
             report = verify(path, max_listed=count + 10)
         except NotADatumDBError:
@@ -678,13 +649,19 @@ def test_a_long_float_tag_does_not_poison_the_header_cache(record):
         check_agrees(buf)
 
 
-def test_field_zero_in_a_group_is_rejected_as_caffe_does():
-    """The known divergence from upb, pinned: the codec rejects it (as C++ protobuf does)."""
-    notes = collections.Counter()
-    for record in ("0800" "0b" "0000" "0c", "2801" "8301" "01" "0000000000000000" "8401"):
+def test_field_zero_in_a_group_is_treated_as_protobuf_does():
+    """Inside an unknown group, Python's protobuf (upb) skips a field-0 tag of a scalar wire
+    type and rejects one that opens or closes a group; the codec follows it (C++ protobuf,
+    which Caffe uses, rejects them all: such records never come from Caffe's tools)."""
+    for record in ("0800" "0b" "0000" "0c", "2801" "8301" "01" "0000000000000000" "8401",
+                   "0b" "0561626364" "0c", "0b" "020161" "0c"):
         buf = bytes.fromhex(record)
         fields_of(buf)  # upb accepts
-        with pytest.raises(DatumDecodeError, match="invalid tag [01] "):
+        codec.parse_datum(buf)
+        check_decoder(buf)
+    for record in ("0b" "03" "0c", "0b" "04" "0c", "0000"):
+        buf = bytes.fromhex(record)
+        with pytest.raises(DecodeError):
+            fields_of(buf)
+        with pytest.raises(DatumDecodeError):
             codec.parse_datum(buf)
-        check_decoder(buf, notes)
-    assert notes[_FIELD_ZERO] == 2
