@@ -206,6 +206,9 @@ def test_concatenated_records_and_odd_fields_agree(parts):
 @example(b"\x32\x03abc")             # packed floats that are not whole floats
 @example(b"\x22\x05ab")              # data shorter than its length
 @example(b"\x08\xff\xff\xff\xff\x0f")  # channels = -1 (five-byte varint)
+@example(b"\x0b\x00\x00\x0c")            # field 0 inside a group: protobuf skips it
+@example(b"\x0b\x03\x0c")                # a group of field 0 inside a group: rejected
+@example(b"\xb5\x00\x00\x00\x80\x3f")   # a float tag written as an overlong varint
 def test_random_bytes_agree(buf):
     check_agrees(buf)
 
