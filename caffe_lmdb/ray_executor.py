@@ -152,12 +152,20 @@ class RayExecutor:
         if not ray.is_initialized():
             options = dict(self.init_options)
             joining = self.address or os.environ.get("RAY_ADDRESS")
-            if self._workers and not joining:
+            if self._workers and not joining:  # a new local instance: that many CPUs
                 options.setdefault("num_cpus", self._workers)
             try:
-                ray.init(address=self.address, **options)
+                try:
+                    ray.init(address=self.address, **options)
+                except ValueError as exc:
+                    # ray.init() joined the cluster `ray start` left on this machine, which
+                    # takes no num_cpus: join it as it is
+                    if "num_cpus" not in options or "existing cluster" not in str(exc):
+                        raise
+                    options.pop("num_cpus")
+                    ray.init(address=self.address, **options)
             except Exception as exc:
-                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+                where = joining or "a local instance"
                 raise ClusterError(f"cannot start or join the Ray cluster ({where}): "
                                    f"{_first_line(exc)}") from exc
             self._started = True

@@ -13,6 +13,11 @@ Makes ~2,000 synthetic JPEGs of 500 x 375 in a temporary folder, then converts t
 and prints images/s and the ratio of each to the baseline (best of --repeat interleaved runs). The
 target is workers=all >= 0.85 x cores x baseline. It then times --encoded pass-through of the
 same files (the stored bytes are the files') against reading them all (`cat` to /dev/null).
+
+With ``--executor ray`` it also converts with the Ray executor (a local Ray instance with one CPU
+per core, or the cluster at ``--ray-address``), in the same interleaved rounds, and measures the
+writer's ceiling: records/s and MB/s that the single LMDB writer sustains when 196 KB
+3 x 256 x 256 records arrive ready-made, from memory and from Ray tasks that do no decoding.
 """
 import argparse
 import os
@@ -110,11 +115,82 @@ def same_db(a, b):
         eb.close()
 
 
+def start_ray(address, cores):
+    """Join the cluster, or start a local instance with one CPU per core; its start-up (about
+    2 s here) is not timed, as it is paid once per session. Returns the cluster's CPUs."""
+    import ray
+
+    local = {} if address else dict(num_cpus=cores, include_dashboard=False)
+    ray.init(address=address, log_to_driver=False, **local)
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def _ready_records(count):
+    """A Ray task that does no decoding: ``count`` ready-made 3 x 256 x 256 records."""
+    value = caffe_lmdb.datum_bytes(3, SIDE, SIDE, data=bytes(3 * SIDE * SIDE), label=1,
+                                   encoded=False)
+    return [value] * count
+
+
+def writer_ceiling(work, n, repeat, rates):
+    """The single writer's ceiling: the sink fed n ready-made 196 KB records (commits as in a
+    conversion: every 1000 records or 64 MB), from memory, and from Ray tasks of 32 records
+    fetched in order through ordered_map (the Ray executor's path without the decoding)."""
+    from caffe_lmdb.parallel import ordered_map
+    from caffe_lmdb.ray_executor import RayExecutor
+    from caffe_lmdb.sink import LMDBSink, prepare_output
+
+    rng = np.random.default_rng(0)
+    values = [caffe_lmdb.datum_bytes(3, SIDE, SIDE, label=i % 10, encoded=False,
+                                     data=rng.integers(0, 256, 3 * SIDE * SIDE, np.uint8))
+              for i in range(16)]
+    size = len(values[0])
+
+    def write(batches, out):
+        prepare_output(out)
+        sink = LMDBSink(out)
+        i = 0
+        for batch in batches:
+            for value in batch:
+                sink.put(b"%08d" % i, value)
+                i += 1
+                if sink.batch_full:
+                    sink.commit()
+        sink.close()
+
+    def from_memory(out):
+        write(([values[i % 16] for i in range(start, min(n, start + 32))]
+               for start in range(0, n, 32)), out)
+
+    def from_ray(out):
+        executor = RayExecutor()
+        try:
+            write(ordered_map(_ready_records, [min(32, n - s) for s in range(0, n, 32)],
+                              executor), out)
+        finally:
+            executor.shutdown()
+
+    best = best_of([("memory", from_memory, "sink"), ("ray", from_ray, "sinkray")], work,
+                   repeat)
+    for tag, what in (("sink", "records ready in memory"),
+                      ("sinkray", "records from Ray tasks (no decoding)")):
+        secs = best[tag]
+        print(f"writer-only ceiling, {what}: {n} records of {size / 1e3:.0f} KB in "
+              f"{secs:.2f} s = {n / secs:.0f} records/s, {n * size / secs / 1e6:.0f} MB/s "
+              f"({n / secs / rates['ray']:.1f}x the Ray executor's images/s)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where to put images and DBs (a temp dir)")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="ray: add the Ray executor and the writer-only ceiling")
+    ap.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: start "
+                    "a local instance with one CPU per core)")
+    ap.add_argument("--ceiling-records", type=int, default=10000,
+                    help="records written for the writer-only ceiling (default 10000, 2 GB)")
     args = ap.parse_args()
     cores = default_workers()
     work = tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir)
@@ -138,18 +214,24 @@ def main():
                 (f"convert_imageset workers={cores} (threads)", ours(cores), "wall"),
                 (f"convert_imageset workers={cores} executor=process", ours(cores, "process"),
                  "proc")]
+        if args.executor == "ray":
+            cpus = start_ray(args.ray_address, cores)
+            runs.append((f"convert_imageset executor=ray ({cpus} CPUs)", ours(None, "ray"),
+                         "ray"))
         best = best_of(runs, work, args.repeat)
         rates = {tag: args.images / best[tag] for tag in best}
         for label, _fn, tag in runs:
             print(f"  {label:<52} {best[tag]:6.2f} s  {rates[tag]:7.0f} images/s  "
                   f"{rates[tag] / rates['base']:.2f}x baseline")
         identical = all(same_db(os.path.join(work, "base"), os.path.join(work, t))
-                        for t in ("w1", "wall", "proc"))
+                        for _label, _fn, t in runs[1:])
         target = 0.85 * cores
         ratio = rates["wall"] / rates["base"]
-        print(f"  all four databases identical (every key and value): {identical}")
+        print(f"  all {len(runs)} databases identical (every key and value): {identical}")
         print(f"  workers={cores} / baseline = {ratio:.2f}x; target 0.85 x {cores} cores = "
               f"{target:.2f}x: {'MET' if ratio >= target else 'NOT MET'}")
+        if args.executor == "ray":
+            writer_ceiling(work, args.ceiling_records, args.repeat, rates)
 
         passthrough = [
             ("cat", lambda out: subprocess.run(
