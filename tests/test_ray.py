@@ -123,6 +123,29 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(ray_session, images, 
         assert executor.resubmitted == 1
 
 
+def test_interrupted_ray_run_resumes_to_the_local_bytes(ray_session, images, tmp_path):
+    lines = (images / "list.txt").read_text().splitlines()
+    big = tmp_path / "big.txt"
+    big.write_text("".join(line + "\n" for line in lines * 8))  # 208 lines
+    opts = dict(resize_height=20, resize_width=16, shuffle=True, seed=9, commit_every=10)
+
+    def interrupt(done, total):
+        if done >= 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        caffe_lmdb.convert_imageset(f"{images}/", big, tmp_path / "ray", executor="ray",
+                                    progress=interrupt, **opts)
+    prefix = read_lmdb(tmp_path / "ray")
+    resumed = caffe_lmdb.convert_imageset(f"{images}/", big, tmp_path / "ray", executor="ray",
+                                          resume=True, **opts)
+    local = caffe_lmdb.convert_imageset(f"{images}/", big, tmp_path / "local", **opts)
+    whole = read_lmdb(tmp_path / "local")
+    assert 0 < len(prefix) < len(whole) and prefix == whole[:len(prefix)]
+    assert read_lmdb(tmp_path / "ray") == whole
+    assert resumed.resumed_from >= 90 and _skips(resumed) == _skips(local)
+
+
 class _Unprobed(RayExecutor):
     def check_paths(self, root, path=None, timeout=120):
         pass  # as if the node had joined the cluster after the probe
