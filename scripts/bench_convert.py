@@ -193,6 +193,8 @@ def main():
                     help="records written for the writer-only ceiling (default 10000, 2 GB)")
     args = ap.parse_args()
     cores = default_workers()
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir)
     try:
         root = os.path.join(work, "images") + os.sep
