@@ -442,7 +442,7 @@ _header = (b"", None)
 def parse_datum(buf):
     """Parse serialized Datum bytes (bytes, bytearray, memoryview, LMDB buffer) into
     :class:`DatumFields` without copying. Raises DatumDecodeError on malformed input."""
-    global _header
+    global _header, _raw_fast
     end = len(buf)
     prefix, cached = _header
     n = len(prefix)
@@ -458,7 +458,6 @@ def parse_datum(buf):
     f = DatumFields()
     snap = _parse(buf, 0, end, f, snapshot=True)
     if snap is not None and snap[0] <= 64:
-        global _raw_fast
         prefix, head = bytes(buf[:snap[0]]), snap[1]
         _header = (prefix, head)
         shape = (head.channels, head.height, head.width)
@@ -519,9 +518,9 @@ def _shape(f):
     return f.channels, f.height, f.width
 
 
-def _gather_floats(buf, spans, count, out=None):
-    if out is None:
-        out = np.empty(count, _F4)
+def _gather_floats(buf, spans, count):
+    """The values of float spans (see DatumFields.floats) as one contiguous float32 array."""
+    out = np.empty(count, _F4)
     at = 0
     for offset, n, stride in spans:
         view = np.ndarray(shape=(n,), dtype=_F4, buffer=buf, offset=offset, strides=(stride,))

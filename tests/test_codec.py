@@ -1,6 +1,5 @@
 """The codec against records written by the real Caffe tools (../shared/fixtures)."""
 import hashlib
-import json
 
 import numpy as np
 import pytest
