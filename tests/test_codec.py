@@ -421,3 +421,24 @@ def _tiny_png():
     import cv2
 
     return cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))[1].tobytes()
+
+
+@pytest.mark.parametrize("record,value", [(0, 0), (7, 500), (15, 1023)])
+def test_one_foreign_tag_in_a_float_run_is_not_read_as_a_float(record, value):
+    """The vectorized float path checks the tag of every value: a record whose run holds one
+    fixed32 of an unknown field (0x3d) where a float (0x35) should be, same length and header,
+    is parsed as protobuf parses it (one float fewer: an error naming the record)."""
+    arrays = np.random.default_rng(2).standard_normal((16, 1024, 1, 1), dtype=np.float32)
+    values = [datum_bytes(1024, 1, 1, float_data=a) for a in arrays]
+    images, _ = decode_batch(values)
+    assert np.array_equal(images, arrays)
+    bad = bytearray(values[record])
+    at = len(bad) - 5 * (1024 - value)
+    assert bad[at] == 0x35
+    bad[at] = 0x3D
+    values[record] = bytes(bad)
+    datum = Datum()
+    datum.ParseFromString(values[record])
+    assert len(datum.float_data) == 1023
+    with pytest.raises(DatumDecodeError, match=f"record {record}"):
+        decode_batch(values)
