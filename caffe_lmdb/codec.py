@@ -774,6 +774,8 @@ def _split_rows(fn, n, nbytes):
     """fn(a, b) over rows [0, n): on one thread per core when the rows hold over 1 MiB (NumPy
     releases the GIL while it compares and copies), else in this thread. True when every call
     returned True."""
+    if nbytes < 2 * _SPLIT_BYTES:  # (checked first: os.cpu_count() costs some 8 us a call)
+        return fn(0, n)
     parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
     if parts <= 1:
         return fn(0, n)

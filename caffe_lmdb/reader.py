@@ -33,6 +33,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from itertools import chain, islice
+from operator import itemgetter
 
 import lmdb
 import numpy as np
@@ -261,8 +262,13 @@ class _DenseKeys(Sequence):
         return _keyfmt.index_key(self.start + i, self.width)
 
     def take(self, positions):
-        fmt = b"%%0%dd" % self.width
-        return [fmt % v for v in (np.asarray(positions, np.int64) + self.start).tolist()]
+        numbers = np.asarray(positions, np.int64) + self.start
+        # the digits of every key at once, as one (n, width) array of ASCII bytes
+        digits = (numbers[:, None] // self._powers()) % 10 + 48
+        return digits.astype(np.uint8).view(f"S{self.width}").ravel().tolist()
+
+    def _powers(self):
+        return 10 ** np.arange(self.width - 1, -1, -1, dtype=np.int64)
 
     def find(self, key):
         if len(key) == self.width and key.isdigit():
@@ -704,14 +710,15 @@ class DatumDB:
         index = self._keys()
         order = np.argsort(positions, kind="stable")
         keys = index.take(positions[order])
-        values = [None] * len(keys)  # in the order asked, while they are read in key order
         with self._txn() as txn:
-            get = txn.get
-            found = [get(key) for key in keys]
-            for j, value in zip(order.tolist(), found):
-                values[j] = value
+            found = list(map(txn.get, keys))  # read in key order (LMDB's pages in order)
             if None in found:
                 _changed(self.path, keys[found.index(None)])
+            # and put in the order asked: values[j] = found[inverse[j]]
+            inverse = np.empty(len(order), np.intp)
+            inverse[order] = np.arange(len(order))
+            values = [found[0]] if len(found) == 1 else \
+                list(itemgetter(*inverse.tolist())(found))
             step = _low_memory_step(len(values)) if reuse else len(values)
             chunks = [values[a:a + step] for a in range(0, len(values), step)]
             return self._decode_values(chunks, _KeysAt(index, positions), len(values),
