@@ -361,3 +361,15 @@ def test_a_db_collected_while_the_registry_is_busy_does_not_deadlock(fixtures):
     worker.start()
     worker.join(10)
     assert not worker.is_alive(), "releasing a DatumDB inside the registry's lock deadlocked"
+
+
+@pytest.mark.parametrize("width,start", [(5, 0), (8, 7), (10, 123), (18, 10 ** 17)])
+def test_dense_index_makes_the_keys_of_a_batch_as_printf_does(width, start):
+    """Shuffled batches ask a %0Nd index for the keys of many positions at once (NumPy digits);
+    they must be exactly b"%0*d" of each number, in the order asked."""
+    from caffe_lmdb.reader import _DenseKeys
+
+    index = _DenseKeys(width, start, 1000)
+    positions = np.array([999, 0, 1, 500, 9, 10, 99, 100], np.int64)
+    assert index.take(positions) == [b"%0*d" % (width, start + p) for p in positions.tolist()]
+    assert index.take(positions[:0]) == []
