@@ -771,8 +771,8 @@ _SPLIT_BYTES = 1 << 20
 
 
 def _split_rows(fn, n, nbytes):
-    """fn(a, b) over rows [0, n): on one thread per core when the rows hold over 1 MiB (NumPy
-    releases the GIL while it compares and copies), else in this thread. True when every call
+    """fn(a, b) over rows [0, n): on one thread per core, 1 MiB of rows or more each, when the
+    rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when every call
     returned True."""
     if nbytes < 2 * _SPLIT_BYTES:  # (checked first: os.cpu_count() costs some 8 us a call)
         return fn(0, n)

@@ -175,7 +175,7 @@ def _prefault(out):
     ``ready(stop)``, which waits until rows ``[0, stop)`` are touched.
 
     The first write to each page of fresh memory costs a page fault in which the kernel zeroes
-    the page: for a large feature array that is about a third of the reading time. The helper
+    the page: for a large feature array that is a fifth or more of the reading time. The helper
     takes those faults on another core, one region of about 16 MiB at a time, always ahead of
     the rows being written (it writes a zero into each page, so a row is written by the
     decoder only after the helper is done with its region)."""

@@ -264,11 +264,8 @@ class _DenseKeys(Sequence):
     def take(self, positions):
         numbers = np.asarray(positions, np.int64) + self.start
         # the digits of every key at once, as one (n, width) array of ASCII bytes
-        digits = (numbers[:, None] // self._powers()) % 10 + 48
+        digits = (numbers[:, None] // _powers_of_ten(self.width)) % 10 + 48
         return digits.astype(np.uint8).view(f"S{self.width}").ravel().tolist()
-
-    def _powers(self):
-        return 10 ** np.arange(self.width - 1, -1, -1, dtype=np.int64)
 
     def find(self, key):
         if len(key) == self.width and key.isdigit():
@@ -319,6 +316,11 @@ class _PackedKeys(Sequence):
         return len(self.blob) + self.ends.nbytes
 
 
+def _powers_of_ten(width):
+    """The place value of each digit of a ``width``-digit number, most significant first."""
+    return 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+
+
 def _position(i, n):
     i = int(i)
     if i < 0:
@@ -351,8 +353,7 @@ def _scan_keys(txn):
             if ((digits < 48) | (digits > 57)).any():
                 dense = False
                 continue
-            values = (digits - 48).astype(np.int64) @ (10 ** np.arange(w - 1, -1, -1,
-                                                                       dtype=np.int64))
+            values = (digits - 48).astype(np.int64) @ _powers_of_ten(w)
             first = int(values[0]) if nxt is None else nxt
             if not (values == first + np.arange(len(chunk))).all():
                 dense = False
