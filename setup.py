@@ -1,6 +1,6 @@
 """Build hook: compile proto/datum.proto with grpcio-tools before the package is built.
 
-The generated module (caffe_lmdb/datum_pb2.py) is never committed. It is written into the
+The generated module (caffe_lmdb/format/datum_pb2.py) is never committed. It is written into the
 source tree, so that both `pip install .` (copied into the wheel by build_py) and
 `pip install -e .` (imported from the source tree) find it.
 """
@@ -11,19 +11,22 @@ from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.join(HERE, "proto")
-OUT_DIR = os.path.join(HERE, "caffe_lmdb")
+OUT_DIR = os.path.join(HERE, "caffe_lmdb", "format")
 
 
 def compile_proto():
+    import glob
+
     from grpc_tools import protoc  # build-time requirement (pyproject.toml)
 
-    proto = os.path.join(PROTO_DIR, "datum.proto")
-    target = os.path.join(OUT_DIR, "datum_pb2.py")
-    if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(proto):
-        return
-    args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", proto]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {proto}")
+    for proto in sorted(glob.glob(os.path.join(PROTO_DIR, "*.proto"))):
+        name = os.path.splitext(os.path.basename(proto))[0]
+        target = os.path.join(OUT_DIR, f"{name}_pb2.py")
+        if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(proto):
+            continue
+        args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", proto]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {proto}")
 
 
 class BuildPyWithProto(build_py):

@@ -3,23 +3,26 @@
 The codec (arrays and images to and from Datum bytes) is byte-identical to Caffe's C++ tools;
 see the README for the converters and readers.
 """
-from .codec import (
+from .format.batch import decode_batch
+from .format.blob import (
+    array_to_blobproto,
+    arraylist_to_blobprotovector_str,
+    blobproto_to_array,
+    blobprotovector_str_to_arraylist,
+    read_mean,
+    write_mean,
+)
+from .format.datum import (
     BlobProto,
     BlobProtoVector,
     BlobShape,
     Datum,
-    array_to_blobproto,
     array_to_datum,
-    arraylist_to_blobprotovector_str,
-    blobproto_to_array,
-    blobprotovector_str_to_arraylist,
     datum_bytes,
     datum_to_array,
     decode,
-    decode_batch,
-    encode_image,
-    image_to_datum,
 )
+from .format.image import encode_image, image_to_datum
 from .errors import (
     CaffeLMDBError,
     DatumDecodeError,
@@ -30,7 +33,7 @@ from .errors import (
     OutputExistsError,
     ShapeMismatchError,
 )
-from .convert import (
+from .write.convert import (
     DatumWriter,
     Summary,
     convert_cifar,
@@ -39,12 +42,12 @@ from .convert import (
     convert_mnist,
     write_arrays,
 )
-from .features import (FeatureKeyWarning, feature_names, features_to_npy, read_features,
+from .tools.features import (FeatureKeyWarning, feature_names, features_to_npy, read_features,
                        write_features)
-from .mean import channel_means, compute_mean, read_mean, write_mean
-from .merging import merge
-from .ray_executor import RayExecutor  # ray itself is imported only when it is used
-from .reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
+from .tools.mean import channel_means, compute_mean
+from .write.merge import merge
+from .write.ray import RayExecutor  # ray itself is imported only when it is used
+from .read.reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
 __version__ = "0.1.0"
 

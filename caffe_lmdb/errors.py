@@ -4,6 +4,7 @@ Every error the tool raises on purpose derives from :class:`CaffeLMDBError`, and
 built-in type a Python user would expect (``ValueError`` for bad data, ``OSError`` for files), so
 ``except ValueError`` keeps working. Messages name the file, line or key at fault, and the fix.
 """
+from .messages import show_key
 
 
 class CaffeLMDBError(Exception):
@@ -19,7 +20,7 @@ class DatumDecodeError(CaffeLMDBError, ValueError):
     def __init__(self, message, key=None):
         self.key = key
         if key is not None:
-            message = f"record {_show_key(key)}: {message}"
+            message = f"record {show_key(key)}: {message}"
         super().__init__(message)
 
 
@@ -47,6 +48,13 @@ class ImageTooLargeError(ImageReadError):
 class WriteError(CaffeLMDBError, OSError):
     """The database (or its resume state) could not be written: a full disk, a file size
     limit, an I/O error. The database keeps every record committed before the failure."""
+
+    @classmethod
+    def failed(cls, path, exc, entries):
+        """The error for a write the disk refused, saying what the database still holds."""
+        return cls(f"could not write to {path} ({exc}): the disk may be full, or a file size "
+                   f"limit reached. The database keeps the {entries} records committed before;"
+                   " make room and run the same command with --resume to finish it")
 
 
 class ListFileError(CaffeLMDBError, ValueError):
@@ -90,16 +98,6 @@ class ResumeError(CaffeLMDBError, ValueError):
 
 class WorkerError(CaffeLMDBError, RuntimeError):
     """A worker died or timed out while processing an item, and the caller asked to stop."""
-
-
-def _show_key(key):
-    if isinstance(key, (bytes, bytearray, memoryview)):
-        key = bytes(key)
-        try:
-            return repr(key.decode("utf-8"))
-        except UnicodeDecodeError:
-            return repr(key)
-    return repr(key)
 
 
 class EncodeError(CaffeLMDBError, ValueError):

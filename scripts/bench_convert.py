@@ -32,7 +32,7 @@ import lmdb
 import numpy as np
 
 import caffe_lmdb
-from caffe_lmdb.parallel import default_workers
+from caffe_lmdb.write.executors import default_workers
 
 W, H = 500, 375
 SIDE = 256
@@ -136,9 +136,9 @@ def writer_ceiling(work, n, repeat, rates):
     """The single writer's ceiling: the sink fed n ready-made 196 KB records (commits as in a
     conversion: every 1000 records or 64 MB), from memory, and from Ray tasks of 32 records
     fetched in order through ordered_map (the Ray executor's path without the decoding)."""
-    from caffe_lmdb.parallel import ordered_map
-    from caffe_lmdb.ray_executor import RayExecutor
-    from caffe_lmdb.sink import LMDBSink, prepare_output
+    from caffe_lmdb.write.executors import ordered_map
+    from caffe_lmdb.write.ray import RayExecutor
+    from caffe_lmdb.write.sink import LMDBSink, prepare_output
 
     rng = np.random.default_rng(0)
     values = [caffe_lmdb.datum_bytes(3, SIDE, SIDE, label=i % 10, encoded=False,

@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from caffe_lmdb.codec import Datum, datum_bytes, decode, decode_batch
+from caffe_lmdb.format.batch import decode_batch
+from caffe_lmdb.format.datum import Datum, datum_bytes, decode
 
 
 def make_raw(n, c, h, w, seed=0):

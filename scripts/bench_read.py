@@ -41,8 +41,8 @@ import lmdb
 import numpy as np
 
 import caffe_lmdb
-from caffe_lmdb.codec import Datum, array_to_datum_bytes, datum_bytes
-from caffe_lmdb.features import read_features
+from caffe_lmdb.format.datum import Datum, array_to_datum_bytes, datum_bytes
+from caffe_lmdb.tools.features import read_features
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -116,7 +116,8 @@ def soak_fuzz(args, tmp, failures):
 def soak_readers(args, tmp, failures):
     """args.readers processes holding a read transaction at once (lock=True, with the writer
     holding the database and committing), then the same without lock."""
-    from caffe_lmdb import codec, sink
+    from caffe_lmdb.format import datum as codec
+    from caffe_lmdb.write import sink
 
     path = os.path.join(tmp, "readers_db")
     sink.prepare_output(path)

@@ -3,7 +3,7 @@ project's writer is tested on its own)."""
 import lmdb
 import numpy as np
 
-from caffe_lmdb.codec import array_to_datum_bytes, datum_bytes
+from caffe_lmdb.format.datum import array_to_datum_bytes, datum_bytes
 
 
 def write_lmdb(path, items, map_size=1 << 26):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import codec
-from caffe_lmdb.codec import (
-    Datum, array_to_datum, datum_bytes, datum_to_array, decode, decode_batch, encode_image,
-    image_to_datum,
-)
+from caffe_lmdb.format import batch
+from caffe_lmdb.format import datum as codec
+from caffe_lmdb.format.batch import decode_batch
+from caffe_lmdb.format.datum import Datum, array_to_datum, datum_bytes, datum_to_array, decode
+from caffe_lmdb.format.image import encode_image, image_to_datum
 from caffe_lmdb.errors import DatumDecodeError, EncodeError, ImageReadError, ShapeMismatchError
 from conftest import LIST_FILE_FLAGS, LMDB_FIXTURES, expected, read_lmdb
 
@@ -212,7 +212,7 @@ def test_mean_files_read_and_write_byte_identically(fixtures):
         want = np.load(fixtures / "expected" / f"{name}.npy")
         assert mean.shape == (3, 32, 32) and mean.dtype == np.float32
         assert np.array_equal(mean, want[0])
-        assert caffe_lmdb.mean.mean_bytes(mean) == path.read_bytes()
+        assert caffe_lmdb.format.blob.mean_bytes(mean) == path.read_bytes()
 
 
 def test_write_mean_round_trip(tmp_path):
@@ -281,7 +281,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import caffe_pb2                      # pycaffe's module: package "caffe", same messages
 import caffe_lmdb
-from caffe_lmdb.codec import Datum
+from caffe_lmdb.format.datum import Datum
 theirs = caffe_pb2.Datum(channels=1, height=1, width=2, data=b"ab", label=0, encoded=False)
 ours = Datum()
 ours.ParseFromString(theirs.SerializeToString())
@@ -362,11 +362,11 @@ def test_large_uniform_batches_split_across_threads_agree_with_decode(kind):
     rng = np.random.default_rng(1)
     if kind == "raw":
         arrays = rng.integers(0, 256, size=(600, 3, 40, 40), dtype=np.uint8)
-        values = [caffe_lmdb.codec.array_to_datum_bytes(a, i % 300) for i, a in enumerate(arrays)]
+        values = [caffe_lmdb.format.datum.array_to_datum_bytes(a, i % 300) for i, a in enumerate(arrays)]
     else:
         arrays = rng.standard_normal((600, 1024, 1, 1), dtype=np.float32)
         values = [datum_bytes(1024, 1, 1, float_data=a) for a in arrays]
-    assert sum(map(len, values)) > 2 * codec._SPLIT_BYTES
+    assert sum(map(len, values)) > 2 * batch._SPLIT_BYTES
     images, labels = decode_batch(values)
     assert np.array_equal(images, arrays)
     if kind == "raw":

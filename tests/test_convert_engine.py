@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import sink
+from caffe_lmdb.write import sink
 from caffe_lmdb.errors import (ImageReadError, KeyTooLongError, ListFileError, OutputExistsError,
                                OutputPathError, ResumeError, ShapeMismatchError)
 from conftest import read_lmdb
@@ -330,7 +330,7 @@ def test_write_arrays_uint8_float_and_channels_last(tmp_path):
     pairs = read_lmdb(tmp_path / "u8")
     assert s.written == 25 and [k for k, _ in pairs] == [b"%08d" % i for i in range(25)]
     for i, (_, value) in enumerate(pairs):
-        assert value == caffe_lmdb.codec.array_to_datum_bytes(images[i], int(labels[i]))
+        assert value == caffe_lmdb.format.datum.array_to_datum_bytes(images[i], int(labels[i]))
         assert value.endswith(b"\x38\x00")  # encoded = false, as DALI needs
     floats = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     caffe_lmdb.write_arrays(tmp_path / "f", floats, [0, 1, 2, 3])
@@ -346,7 +346,7 @@ def test_datum_writer(tmp_path):
     with pytest.raises(RuntimeError):
         with caffe_lmdb.DatumWriter(tmp_path / "db", commit_every=1000) as w:
             w.put(arr, 0)
-            w.put(caffe_lmdb.codec.array_to_datum_bytes(arr, 5))
+            w.put(caffe_lmdb.format.datum.array_to_datum_bytes(arr, 5))
             raise RuntimeError("the caller's loop fails")
     pairs = read_lmdb(tmp_path / "db")  # both records were committed on the way out
     assert [k for k, _ in pairs] == [b"00000000", b"00000001"]
@@ -365,7 +365,7 @@ def test_datum_writer(tmp_path):
 
 
 def test_ordered_map_survives_a_dead_process_and_a_hang():
-    from caffe_lmdb import parallel
+    from caffe_lmdb.write import executors as parallel
 
     failed = []
 
@@ -405,7 +405,7 @@ def _die_on_three(x):
 
 
 def test_prefetch_is_ordered_bounded_and_passes_errors():
-    from caffe_lmdb.parallel import prefetch
+    from caffe_lmdb.write.executors import prefetch
 
     produced = []
 

@@ -13,8 +13,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from caffe_lmdb import codec
-from caffe_lmdb.codec import Datum, datum_bytes, decode, decode_batch, parse_datum
+from caffe_lmdb.format import batch
+from caffe_lmdb.format import datum as codec
+from caffe_lmdb.format.batch import decode_batch
+from caffe_lmdb.format.datum import Datum, datum_bytes, decode, parse_datum
 from caffe_lmdb.errors import DatumDecodeError
 
 # CAFFE_LMDB_FUZZ_EXAMPLES raises the count for a long run (scripts or by hand).
@@ -68,7 +70,7 @@ def fields_of(buf):
 def our_fields(buf):
     f = parse_datum(buf)
     data = None if f.data is None else bytes(buf[f.data[0]:f.data[0] + f.data[1]])
-    floats = codec._gather_floats(buf, f.floats, f.float_count).tobytes()
+    floats = codec.float_values(buf, f.floats, f.float_count).tobytes()
     return dict(channels=f.channels, height=f.height, width=f.width, label=f.label,
                 has_label=f.has_label, encoded=f.encoded, has_encoded=f.has_encoded,
                 data=data, floats=floats)
@@ -291,4 +293,4 @@ def test_unpacked_float_run_stops_at_a_non_float_tag():
     arr_ref = np.append(vals, np.float32(2.0))
     f = parse_datum(buf)
     assert f.label == 5
-    assert np.array_equal(codec._gather_floats(buf, f.floats, f.float_count), arr_ref)
+    assert np.array_equal(codec.float_values(buf, f.floats, f.float_count), arr_ref)

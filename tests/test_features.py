@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import features
+from caffe_lmdb.tools import features
 from caffe_lmdb.errors import NotADatumDBError, ShapeMismatchError
-from caffe_lmdb.features import (FeatureKeyWarning, feature_names, features_to_npy,
+from caffe_lmdb.tools.features import (FeatureKeyWarning, feature_names, features_to_npy,
                                  read_features, write_features)
-from caffe_lmdb.mean import read_mean
+from caffe_lmdb.format.blob import read_mean
 
 from conftest import expected, read_lmdb
 from helpers import float_db, write_lmdb
@@ -77,7 +77,7 @@ def test_unpadded_keys_reordered_with_warning(tmp_path):
 
 def test_gaps_reported_and_indexed(tmp_path):
     feats = np.arange(5 * 2, dtype=np.float32).reshape(5, 2, 1, 1)
-    from caffe_lmdb.codec import datum_bytes
+    from caffe_lmdb.format.datum import datum_bytes
     write_lmdb(tmp_path / "db", [(b"%010d" % i, datum_bytes(2, 1, 1, float_data=feats[j]))
                                  for j, i in enumerate([0, 1, 3, 4, 7])])
     with pytest.warns(FeatureKeyWarning, match=r"3 image indices have no record \(2, 5, 6\)"):
@@ -89,7 +89,7 @@ def test_gaps_reported_and_indexed(tmp_path):
 def test_not_a_features_db(fixtures, tmp_path):
     with pytest.raises(NotADatumDBError, match="not an image index"):
         read_features(fixtures / "imageset_raw_32x32")
-    from caffe_lmdb.codec import datum_bytes
+    from caffe_lmdb.format.datum import datum_bytes
     write_lmdb(tmp_path / "db", [(b"%010d" % i, datum_bytes(i + 1, 1, 1, float_data=[0] * (i + 1)))
                                  for i in range(3)])
     with pytest.raises(ShapeMismatchError, match="0000000001"):

@@ -4,9 +4,9 @@ import pytest
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
-from caffe_lmdb.codec import datum_bytes
+from caffe_lmdb.format.datum import datum_bytes
 from caffe_lmdb.errors import CaffeLMDBError, OutputExistsError
-from caffe_lmdb.inspect import export, info, verify
+from caffe_lmdb.tools.dbinfo import export, info, verify
 
 from conftest import expected, read_lmdb
 from helpers import float_db, images_db, write_lmdb

@@ -4,7 +4,8 @@ import os
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import merging
+from caffe_lmdb.storage.lmdb import LMDBWriter
+from caffe_lmdb.write import merge as merging
 from caffe_lmdb.cli import main
 from caffe_lmdb.errors import (KeyRangeError, NotADatumDBError, OptionError, OutputExistsError)
 from conftest import read_lmdb
@@ -80,7 +81,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(parts, tmp_path):
 
 
 def test_a_failure_mid_merge_leaves_no_half_merged_output(parts, tmp_path, monkeypatch):
-    real_put = merging.LMDBSink.put
+    real_put = LMDBWriter.put
     calls = []
 
     def failing_put(self, key, value, replace=False):
@@ -89,15 +90,15 @@ def test_a_failure_mid_merge_leaves_no_half_merged_output(parts, tmp_path, monke
             raise OSError(28, "No space left on device (simulated)")
         return real_put(self, key, value, replace)
 
-    monkeypatch.setattr(merging.LMDBSink, "put", failing_put)
+    monkeypatch.setattr(LMDBWriter, "put", failing_put)
     # a new OUT: removed again
     with pytest.raises(OSError, match="No space left"):
         caffe_lmdb.merge(tmp_path / "new", parts, commit_every=5)
     assert not (tmp_path / "new").exists()
     # an existing OUT with --overwrite: kept as it was
-    monkeypatch.setattr(merging.LMDBSink, "put", real_put)
+    monkeypatch.setattr(LMDBWriter, "put", real_put)
     caffe_lmdb.merge(tmp_path / "old", parts[:1])
-    monkeypatch.setattr(merging.LMDBSink, "put", failing_put)
+    monkeypatch.setattr(LMDBWriter, "put", failing_put)
     calls.clear()
     with pytest.raises(OSError, match="No space left"):
         caffe_lmdb.merge(tmp_path / "old", parts, overwrite=True, commit_every=5)

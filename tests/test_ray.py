@@ -13,7 +13,7 @@ import pytest
 import caffe_lmdb
 from caffe_lmdb.cli import main
 from caffe_lmdb.errors import ClusterError, MissingDependencyError
-from caffe_lmdb.ray_executor import RayExecutor
+from caffe_lmdb.write.ray import RayExecutor
 from conftest import read_lmdb
 from test_convert_fixtures import IMAGESET_FLAGS
 

@@ -8,7 +8,8 @@ import pytest
 
 import caffe_lmdb
 from caffe_lmdb import NotADatumDBError, ShapeMismatchError
-from caffe_lmdb.codec import datum_bytes, encode_image
+from caffe_lmdb.format.datum import datum_bytes
+from caffe_lmdb.format.image import encode_image
 
 from conftest import LMDB_FIXTURES, expected, read_lmdb
 from helpers import images_db, write_lmdb
@@ -226,7 +227,7 @@ def test_pickle_is_path_and_options_and_reopens(tmp_path):
 def test_two_handles_share_one_environment(tmp_path):
     path, images, _ = images_db(tmp_path / "db", n=3)
     a, b = caffe_lmdb.open(path), caffe_lmdb.open(str(path) + "/")
-    assert a._environment() is b._environment()
+    assert a.env is b.env
     a.close()
     np.testing.assert_array_equal(b[1][0], images[1])
 
@@ -330,7 +331,7 @@ def test_lock_true_reads_a_database_being_written(tmp_path):
     path, _, labels = images_db(tmp_path / "db", n=5)
     db = caffe_lmdb.open(path, lock=True)
     assert len(db) == 5 and (path / "lock.mdb").exists()
-    writer = ("import lmdb, sys; from caffe_lmdb.codec import datum_bytes\n"
+    writer = ("import lmdb, sys; from caffe_lmdb.format.datum import datum_bytes\n"
               "env = lmdb.open(sys.argv[1], map_size=1 << 30)\n"
               "with env.begin(write=True) as txn:\n"
               "    for i in range(5, 9):\n"
@@ -348,7 +349,7 @@ def test_a_db_collected_while_the_registry_is_busy_does_not_deadlock(fixtures):
     import gc
     import threading
 
-    from caffe_lmdb import reader
+    from caffe_lmdb.storage import lmdb as reader
 
     def collect_inside_the_lock():
         db = caffe_lmdb.open(fixtures / "mnist_lmdb")
@@ -367,7 +368,7 @@ def test_a_db_collected_while_the_registry_is_busy_does_not_deadlock(fixtures):
 def test_dense_index_makes_the_keys_of_a_batch_as_printf_does(width, start):
     """Shuffled batches ask a %0Nd index for the keys of many positions at once (NumPy digits);
     they must be exactly b"%0*d" of each number, in the order asked."""
-    from caffe_lmdb.reader import _DenseKeys
+    from caffe_lmdb.read.keyindex import DenseKeys as _DenseKeys
 
     index = _DenseKeys(width, start, 1000)
     positions = np.array([999, 0, 1, 500, 9, 10, 99, 100], np.int64)

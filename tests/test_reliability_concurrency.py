@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import sink
+from caffe_lmdb.storage import lmdb as lmdb_engine
+from caffe_lmdb.write import sink
 from conftest import read_lmdb
 
 
@@ -208,10 +209,10 @@ def test_200_lock_readers_while_the_writer_holds_the_database(tmp_path):
     writer = sink.LMDBSink(path, commit_every=50)
     try:
         for i in range(300):
-            writer.put(b"%08d" % i, caffe_lmdb.codec.array_to_datum_bytes(record(i), i))
+            writer.put(b"%08d" % i, caffe_lmdb.format.datum.array_to_datum_bytes(record(i), i))
         writer.commit()
         _many(path, 200, lock=True)
-        writer.put(b"%08d" % 300, caffe_lmdb.codec.array_to_datum_bytes(record(300), 300))
+        writer.put(b"%08d" % 300, caffe_lmdb.format.datum.array_to_datum_bytes(record(300), 300))
         writer.commit()  # and the writer still commits after they are gone
     finally:
         writer.close()
@@ -250,12 +251,12 @@ def test_slots_of_killed_readers_are_freed_at_the_next_commit(tmp_path, monkeypa
     """Readers killed with SIGKILL leave their slots taken; LMDB frees them only when asked
     (or when nobody has the database open). The writer asks at every commit, so killed
     DataLoader workers cannot fill the table while a conversion runs."""
-    monkeypatch.setattr(sink, "MAX_READERS", 4)  # a table of 4, made by the writer
+    monkeypatch.setattr(lmdb_engine, "MAX_READERS", 4)  # a table of 4, made by the writer
     path = tmp_path / "db"
     sink.prepare_output(path)
     writer = sink.LMDBSink(path)
     try:
-        writer.put(b"00000000", caffe_lmdb.codec.array_to_datum_bytes(record(0), 0))
+        writer.put(b"00000000", caffe_lmdb.format.datum.array_to_datum_bytes(record(0), 0))
         writer.commit()
         holders = [_python(HOLDER, path) for _ in range(4)]
         for h in holders:
@@ -266,7 +267,7 @@ def test_slots_of_killed_readers_are_freed_at_the_next_commit(tmp_path, monkeypa
         full = subprocess.run([sys.executable, "-c", OPENER, str(path)], capture_output=True,
                               text=True)
         assert full.returncode == 1 and "MDB_READERS_FULL" in full.stderr  # 4 stale slots
-        writer.put(b"00000001", caffe_lmdb.codec.array_to_datum_bytes(record(1), 1))
+        writer.put(b"00000001", caffe_lmdb.format.datum.array_to_datum_bytes(record(1), 1))
         writer.commit()
         again = subprocess.run([sys.executable, "-c", OPENER, str(path)], capture_output=True,
                                text=True)

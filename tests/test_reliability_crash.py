@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 import caffe_lmdb
-from caffe_lmdb import sink
+from caffe_lmdb.write import sink
 from caffe_lmdb.cli import main as cli_main
-from caffe_lmdb.inspect import verify
+from caffe_lmdb.tools.dbinfo import verify
 from conftest import read_lmdb
 
 CRASH_SEED = int(os.environ.get("CAFFE_LMDB_CRASH_SEED", "20240521"))
@@ -428,7 +428,7 @@ def test_interrupt_right_after_a_skip_does_not_log_it_twice(work, tmp_path, monk
     """Ctrl-C between noting a skipped image and moving past it: the state saved on the way
     out lists the skip but not the progress, so the resumed run meets the image again. It
     must be listed (and logged) once."""
-    from caffe_lmdb import convert
+    from caffe_lmdb.write import convert
 
     def interrupted(skip):
         raise KeyboardInterrupt

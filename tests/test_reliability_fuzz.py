@@ -31,14 +31,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caffe_lmdb import codec
-from caffe_lmdb.codec import datum_bytes, decode, decode_batch
+from caffe_lmdb.format import batch
+from caffe_lmdb.format import datum as codec
+from caffe_lmdb.format.batch import decode_batch
+from caffe_lmdb.format.datum import datum_bytes, decode
 from caffe_lmdb.errors import (CaffeLMDBError, DatumDecodeError, ImageReadError, KeyTooLongError,
                                ListFileError, NotADatumDBError, ShapeMismatchError,
                                SourceFormatError)
-from caffe_lmdb.imagesize import check_image
-from caffe_lmdb.inspect import verify
-from caffe_lmdb.sources import CifarSource, ListFileSource, MnistSource, parse_list_line
+from caffe_lmdb.format.imagesize import check_image
+from caffe_lmdb.tools.dbinfo import verify
+from caffe_lmdb.write.sources import CifarSource, ListFileSource, MnistSource, parse_list_line
 from conftest import LMDB_FIXTURES, read_lmdb
 from google.protobuf.message import DecodeError
 from test_decode_property import check_agrees, fields_of, reference
@@ -623,7 +625,7 @@ def test_a_missing_list_file_is_one_line_from_the_command(tmp_path, capsys):
 def test_a_one_byte_value_0x80_is_described_not_a_crash(tmp_path):
     """describe_bytes read a second byte that was not there: verify (and open, when it was the
     first record) raised IndexError."""
-    from caffe_lmdb.reader import describe_bytes
+    from caffe_lmdb.format.sniff import describe_bytes
 
     assert describe_bytes(b"\x80") == "binary data starting 80"
     _write_db(str(tmp_path / "db"), [(b"0", datum_bytes(1, 1, 1, data=b"x", label=0)),

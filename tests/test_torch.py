@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 import caffe_lmdb  # noqa: E402
-from caffe_lmdb.codec import datum_bytes  # noqa: E402
+from caffe_lmdb.format.datum import datum_bytes  # noqa: E402
 from caffe_lmdb.torch import DatumDataset  # noqa: E402
 
 from conftest import expected  # noqa: E402
@@ -18,7 +18,7 @@ from helpers import images_db, to_float, write_lmdb  # noqa: E402
 
 
 def test_import_caffe_lmdb_does_not_import_torch():
-    code = "import sys, caffe_lmdb, caffe_lmdb.reader, caffe_lmdb.features, caffe_lmdb.inspect; " \
+    code = "import sys, caffe_lmdb, caffe_lmdb.read.reader, caffe_lmdb.tools.features, caffe_lmdb.tools.dbinfo; " \
            "import caffe_lmdb.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

@@ -8,9 +8,9 @@ import os
 import re
 import sys
 
-from .. import convert as api
+from ..write import convert as api
 from ..errors import CaffeLMDBError
-from ..parallel import default_workers
+from ..write.executors import default_workers
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "sample_data")
@@ -209,7 +209,7 @@ def _executor(args):
     if args.ray_address and args.executor not in (None, "ray"):
         raise _UsageError(f"--ray-address applies to --executor=ray, not {args.executor}")
     if args.executor == "ray" or args.ray_address:
-        from ..ray_executor import RayExecutor  # ray itself is imported when first used
+        from ..write.ray import RayExecutor  # ray itself is imported when first used
 
         return RayExecutor(args.workers, address=args.ray_address)
     return args.executor
@@ -254,7 +254,7 @@ def _converter(name, images, call):
 
 
 def _demo(args):
-    from ..sink import read_state
+    from ..write.sink import read_state
 
     out = args.out
     state = read_state(out) if os.path.isdir(out) else None

@@ -1,7 +1,7 @@
 """Mean-file commands: mean-to-npy and npy-to-mean."""
 import numpy as np
 
-from ..mean import read_mean, write_mean
+from ..format.blob import read_mean, write_mean
 
 
 def register(sub):

@@ -1,5 +1,5 @@
 """The ``merge`` command: ``caffe-lmdb merge OUT IN1 IN2 ...`` (see :mod:`caffe_lmdb.merging`)."""
-from ..merging import merge
+from ..write.merge import merge
 from .convert import _bool, _with_progress
 
 

@@ -3,9 +3,10 @@ import os
 
 import numpy as np
 
-from .. import features as _features
-from .. import inspect as _inspect
-from ..mean import channel_means, compute_mean, write_mean
+from ..tools import features as _features
+from ..tools import dbinfo as _inspect
+from ..format.blob import write_mean
+from ..tools.mean import channel_means, compute_mean
 from .convert import _with_progress
 
 

@@ -19,10 +19,10 @@ import shutil
 import tempfile
 import time
 
-from .convert import Summary
-from .errors import KeyRangeError, OptionError, OutputExistsError, _show_key
-from .reader import DatumDB
-from .sink import DEFAULT_MAP_SIZE, OWN_FILES, LMDBSink, prepare_output
+from .summary import Summary
+from ..errors import KeyRangeError, OptionError, OutputExistsError, show_key
+from ..read.reader import DatumDB
+from .sink import DEFAULT_MAP_SIZE, OWN_FILES, open_sink, prepare_output
 
 __all__ = ["merge"]
 
@@ -54,11 +54,11 @@ def _check_order(ranges):
             if all(y[2] > x[3] for x, y in zip(order, order[1:])):
                 hint = "; give them in key order: " + " ".join(r[0] for r in order)
             raise KeyRangeError(
-                f"{b} comes before {a} in key order: its last key {_show_key(b_last)} is before "
-                f"{a}'s first key {_show_key(a_first)}{hint}", a, b, a_last, b_first)
+                f"{b} comes before {a} in key order: its last key {show_key(b_last)} is before "
+                f"{a}'s first key {show_key(a_first)}{hint}", a, b, a_last, b_first)
         raise KeyRangeError(
-            f"the key ranges of {a} ({_show_key(a_first)} .. {_show_key(a_last)}) and {b} "
-            f"({_show_key(b_first)} .. {_show_key(b_last)}) overlap: {b}'s first key must come "
+            f"the key ranges of {a} ({show_key(a_first)} .. {show_key(a_last)}) and {b} "
+            f"({show_key(b_first)} .. {show_key(b_last)}) overlap: {b}'s first key must come "
             f"after {a}'s last key. Convert the parts of one list with --shard=K/N (shard=(k, n))"
             " so that each holds its own keys", a, b, a_last, b_first)
 
@@ -103,8 +103,8 @@ def _copy(ranges, sink, total, progress):
         with DatumDB(path) as db, db.env.begin() as txn:
             for key, value in txn.cursor():
                 if sink.last_key is not None and key <= sink.last_key:
-                    raise KeyRangeError(f"{path}: key {_show_key(key)} does not come after "
-                                        f"{_show_key(sink.last_key)} (was a database changed "
+                    raise KeyRangeError(f"{path}: key {show_key(key)} does not come after "
+                                        f"{show_key(sink.last_key)} (was a database changed "
                                         "during the merge?)", None, path, sink.last_key, key)
                 sink.put(key, value)
                 done += 1
@@ -151,7 +151,7 @@ def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.merging-",
                            dir=parent)
     try:
-        sink = LMDBSink(tmp, map_size=map_size, commit_every=commit_every, sync=False)
+        sink = open_sink(tmp, map_size=map_size, commit_every=commit_every, sync=False)
         try:
             value_bytes = _copy(ranges, sink, total, progress)
             sink.env.sync(True)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codec import array_to_datum_bytes, datum_bytes, encode_image
-from .errors import ImageReadError
-from .imagesize import check_image
+from ..format.datum import array_to_datum_bytes, datum_bytes
+from ..format.image import encode_image
+from ..errors import ImageReadError
+from ..format.imagesize import check_image
 from .sources import ArraySample, ImageSample, Keyed, RawSample
 
 __all__ = ["Record", "Skip", "encode", "encode_many"]

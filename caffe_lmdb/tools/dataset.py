@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import _show_key
-from .reader import DatumDB
-from .reader import open as open_db
+from ..errors import show_key
+from ..read.reader import DatumDB
+from ..read.reader import open as open_db
 
 __all__ = ["DatumDataset"]
 
@@ -95,7 +95,7 @@ class DatumDataset(Dataset):
                 for j in range(len(images))]
 
     def _missing(self, key):
-        return f"{self.companion.path} has no record with key {_show_key(key)} of {self.db.path}"
+        return f"{self.companion.path} has no record with key {show_key(key)} of {self.db.path}"
 
     def _sample(self, image, label, targets):
         if self.to_tensor:

@@ -36,7 +36,7 @@ import socket
 import threading
 from concurrent.futures import BrokenExecutor, Future
 
-from .errors import ClusterError, MissingDependencyError
+from ..errors import ClusterError, MissingDependencyError
 
 __all__ = ["RayExecutor", "WorkerLost", "import_ray", "INSTALL_HINT"]
 
@@ -287,7 +287,7 @@ class RayExecutor:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from . import __version__
+        from .. import __version__
 
         probe = ray.remote(_probe)
         nodes = [n for n in ray.nodes()

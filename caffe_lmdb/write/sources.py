@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import KeyTooLongError, ListFileError, SourceFormatError
-from .imagesize import DEFAULT_MAX_PIXELS
-from .keys import MAX_KEY_BYTES, index_key
+from ..errors import KeyTooLongError, ListFileError, SourceFormatError
+from ..format.imagesize import DEFAULT_MAX_PIXELS
+from ..format.keys import MAX_KEY_BYTES, index_key
 
 __all__ = [
     "Keyed", "ImageOptions", "ImageSample", "RawSample", "ArraySample",

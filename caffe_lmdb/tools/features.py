@@ -23,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .codec import datum_bytes, decode_batch, parse_datum
-from .errors import NotADatumDBError, ShapeMismatchError, _show_key
-from .reader import DatumDB, _DenseKeys, _RangeKeys
-from .reader import open as open_db
-from .sources import parse_list_line
+from ..format.datum import datum_bytes, parse_datum
+from ..errors import NotADatumDBError, ShapeMismatchError, show_key
+from ..read.keyindex import DenseKeys, RangeKeys
+from ..read.reader import DatumDB
+from ..read.reader import open as open_db
+from ..write.sources import parse_list_line
 
 __all__ = ["read_features", "features_to_npy", "feature_shape", "write_features", "feature_names",
            "FeatureKeyWarning"]
@@ -46,13 +47,13 @@ def _db(source):
 def _image_indices(db):
     """Image index of every record, in key order (a NumPy int64 array)."""
     index = db.keys()
-    if isinstance(index, _DenseKeys):
+    if isinstance(index, DenseKeys):
         return np.arange(index.start, index.start + index.count, dtype=np.int64)
     numbers = np.empty(len(index), np.int64)
     for i, key in enumerate(index):
         if not key.isdigit():
             raise NotADatumDBError(
-                f"{db.path}: key {_show_key(key)} is not an image index, so this is not an "
+                f"{db.path}: key {show_key(key)} is not an image index, so this is not an "
                 "extract_features LMDB (keys %010d); read it with caffe_lmdb.open()")
         numbers[i] = int(key)
     return numbers
@@ -87,16 +88,14 @@ def _layout(db):
 
 
 def _shape(db):
-    """(C, H, W) of the first record, and the row shape asked (flat: (C*H*W,))."""
-    with db._txn() as txn:
-        shape = db._probe(txn.get(db.keys()[0]), db.keys()[0])[0]
-    return shape
+    """(C, H, W) of the first record."""
+    return db.record_shape(0)[0]
 
 
 def _chunk_records(db):
-    """Records per chunk: about 4 MiB of values (decode_batch joins a chunk's values into one
+    """Records per chunk: about 4 MiB of values (the decoder joins a chunk's values into one
     bytes object; a chunk that stays in the CPU cache decodes about 3x faster)."""
-    with db._txn() as txn:
+    with db.begin() as txn:
         size = len(txn.get(db.keys()[0]))
     return min(_CHUNK, max(16, (4 << 20) // max(size, 1)))
 
@@ -105,24 +104,20 @@ def _fill(db, rows, shape, write, progress=None, target=None):
     """Decode every record (key order, a chunk at a time). ``target(r)`` may return the output
     array slice for rows ``r`` (decoded straight into it); otherwise the float32 (k, C, H, W)
     block of the chunk is handed to ``write(r, block)``."""
-    index = db.keys()
-    n = len(index)
-    chunk = _chunk_records(db)
-    block = np.empty((min(n, chunk),) + shape, np.float32)
-    labels = np.empty(len(block), np.int64)
-    for start, values in db._value_chunks(chunk):
-        k = len(values)
-        here = db._probe(values[0], index[start])[0]
-        if here != shape:
-            raise ShapeMismatchError(f"{db.path}: record {_show_key(index[start])} has shape "
-                                     f"{here}, the first record {shape}: features of one blob "
-                                     "share one shape")
-        r = rows[start:start + k]
-        out = target(r) if target is not None else None
-        decode_batch(values, out=block[:k] if out is None else out, labels_out=labels[:k],
-                     keys=_RangeKeys(index, start))
-        if out is None:
-            write(r, block[:k])
+    n = len(db)
+    direct = set()  # chunks decoded straight into their rows of the result
+
+    def out(start, k, _shape, _dtype):
+        rows_out = target(rows[start:start + k]) if target is not None else None
+        if rows_out is not None:
+            direct.add(start)
+        return rows_out
+
+    for start, images, _ in db.scan(_chunk_records(db), out=out, dtype=np.float32,
+                                    purpose="features of one blob"):
+        k = len(images)
+        if start not in direct:
+            write(rows[start:start + k], images)
         if progress is not None:
             progress(start + k, n)
 
@@ -260,7 +255,7 @@ def write_features(path, array, *, overwrite=False, start=0, commit_every=1000):
     D x 1 x 1 (as Caffe stores an InnerProduct blob). Uses the project's writer (an existing
     database is refused unless ``overwrite``; commits every ``commit_every`` records).
     Returns the writer's Summary."""
-    from .convert import DatumWriter  # the write side: imported only when writing
+    from ..write.convert import DatumWriter  # the write side: imported only when writing
 
     array = np.asarray(array)
     if array.ndim == 2:
@@ -292,7 +287,7 @@ def feature_names(source, count):
             raise NotADatumDBError(f"{db.path} is empty: no names to pair with features")
         index = db.keys()
         names = []
-        for start, values in db._value_chunks(_CHUNK):
+        for start, values in db.value_chunks(_CHUNK):
             for j, value in enumerate(values):
                 key = index[start + j]
                 head, sep, rest = key.partition(b"_")

@@ -22,29 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import keys as _keys
-from .codec import decode, parse_datum
-from .errors import (CaffeLMDBError, DatumDecodeError, OutputExistsError, ShapeMismatchError,
-                     _show_key)
-from .reader import DatumDB, describe_bytes
-from .reader import open as open_db
+from ..format import keys as _keys
+from ..format.datum import decode, parse_datum
+from ..errors import (CaffeLMDBError, DatumDecodeError, OutputExistsError, ShapeMismatchError,
+                     show_key)
+from ..messages import human_bytes
+from ..format.sniff import describe_bytes, image_format
+from ..read.reader import DatumDB
+from ..read.reader import open as open_db
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
 
 _CHUNK = 512
-_FORMATS = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"),
-            (b"II*\x00", "tif"), (b"MM\x00*", "tif"), (b"GIF8", "gif"))
 _ENCODED_SAMPLE = 200  # encoded images decoded by info() to report their shapes
-
-
-def _format_of(blob):
-    head = bytes(blob[:12])
-    for magic, name in _FORMATS:
-        if head.startswith(magic):
-            return name
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    return "unknown format"
 
 
 @dataclass
@@ -56,7 +46,7 @@ class Problem:
     message: str
 
     def __str__(self):
-        where = f"record {_show_key(self.key)}: " if self.key is not None else ""
+        where = f"record {show_key(self.key)}: " if self.key is not None else ""
         return f"{self.kind}: {where}{self.message}"
 
 
@@ -93,8 +83,8 @@ class DBInfo:
     def __str__(self):
         lines = [f"{self.path}",
                  f"  entries      {self.entries}",
-                 f"  size         {_human(self.file_bytes)} data.mdb"
-                 + (f" ({_human(self.used_bytes)} in use)" if self.used_bytes else ""),
+                 f"  size         {human_bytes(self.file_bytes)} data.mdb"
+                 + (f" ({human_bytes(self.used_bytes)} in use)" if self.used_bytes else ""),
                  f"  keys         {self.key_pattern or '<none>'}"]
         if self.number_range is not None:
             gap = (f"{self.gap_count} missing ({', '.join(map(str, self.gaps))}"
@@ -102,9 +92,9 @@ class DBInfo:
                    if self.gap_count else "no gaps")
             lines.append(f"  key numbers  {self.number_range[0]}..{self.number_range[1]}, {gap}")
         if self.first_keys:
-            shown = [_show_key(k) for k in self.first_keys]
+            shown = [show_key(k) for k in self.first_keys]
             if self.last_keys:
-                shown += ["..."] + [_show_key(k) for k in self.last_keys]
+                shown += ["..."] + [show_key(k) for k in self.last_keys]
             lines.append(f"  sample keys  {', '.join(shown)}")
         if self.kinds:
             lines.append("  records      " + ", ".join(f"{n} {kind}" for kind, n
@@ -130,13 +120,6 @@ class DBInfo:
             if self.problem_count > len(self.problems):
                 lines.append(f"    ... and {self.problem_count - len(self.problems)} more")
         return "\n".join(lines)
-
-
-def _human(n):
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +161,7 @@ class _Scan:
             r.without_label += 1
         if f.encoded:
             data = value[f.data[0]:f.data[0] + f.data[1]] if f.data else b""
-            r.kinds[f"encoded {_format_of(data)}"] += 1
+            r.kinds[f"encoded {image_format(data) or 'unknown format'}"] += 1
             if not f.data or not f.data[1]:
                 self.problem("parse", key, "encoded record without data")
                 return None
@@ -226,7 +209,7 @@ class _Scan:
         index = db.keys()
         n = r.entries = len(index)
         try:
-            for start, values in db._value_chunks(_CHUNK):
+            for start, values in db.value_chunks(_CHUNK):
                 todo_keys, todo = [], []
                 for j, value in enumerate(values):
                     key = index[start + j]
@@ -287,7 +270,7 @@ def _db(source):
 
 def _file_sizes(db, report):
     report.file_bytes = os.path.getsize(os.path.join(db.path, "data.mdb"))
-    env = db._environment()
+    env = db.env
     stat, env_info = env.stat(), env.info()
     report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
 
@@ -317,11 +300,11 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
         a, b = report.out_of_order
         scan.problem("keys", None,
                      f"keys are numbers without zero padding: LMDB (and Caffe) read "
-                     f"{_show_key(a)} before {_show_key(b)}, so records are not in their "
+                     f"{show_key(a)} before {show_key(b)}, so records are not in their "
                      "numeric order; a list of labels kept beside this database is out of step "
                      "with it (write keys with %08d)")
     if len(report.shapes) > 1:
-        shown = ", ".join(f"{'x'.join(map(str, s))} x {n} (first {_show_key(report.first_key_of_shape[s])})"
+        shown = ", ".join(f"{'x'.join(map(str, s))} x {n} (first {show_key(report.first_key_of_shape[s])})"
                           for s, n in report.shapes.most_common(5))
         scan.problem("shape", None,
                      f"records have {len(report.shapes)} different shapes: {shown}; Caffe's "
@@ -361,19 +344,19 @@ def _image_file(value, key):
     f = parse_datum(value)
     if f.encoded:
         data = bytes(value[f.data[0]:f.data[0] + f.data[1]])
-        return _format_of(data), data, f.label
+        return (image_format(data) or "unknown format"), data, f.label
     arr, label = decode(value)
     if arr.dtype != np.uint8:
-        raise CaffeLMDBError(f"record {_show_key(key)} holds float_data, not an image: export "
+        raise CaffeLMDBError(f"record {show_key(key)} holds float_data, not an image: export "
                              "it with --npz (or read it with caffe_lmdb.features)")
     if arr.shape[0] not in (1, 3, 4):
-        raise CaffeLMDBError(f"record {_show_key(key)} has {arr.shape[0]} channels: no image "
+        raise CaffeLMDBError(f"record {show_key(key)} has {arr.shape[0]} channels: no image "
                              "format holds that; export it with --npz")
     import cv2
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr.transpose(1, 2, 0)))
     if not ok:
-        raise CaffeLMDBError(f"record {_show_key(key)}: OpenCV could not encode it as PNG")
+        raise CaffeLMDBError(f"record {show_key(key)}: OpenCV could not encode it as PNG")
     return "png", buf.tobytes(), label
 
 
@@ -408,7 +391,7 @@ def export(source, out, npz=False, list_name="list.txt", progress=None):
     used = set()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
             open(os.path.join(out, list_name), "w", encoding="utf-8", newline="\n") as listing:
-        for start, values in db._value_chunks(_CHUNK):
+        for start, values in db.value_chunks(_CHUNK):
             keys = index[start:start + len(values)]
             files = list(pool.map(_image_file, values, keys))
             for j, (key, (fmt, data, label)) in enumerate(zip(keys, files)):
@@ -438,26 +421,18 @@ def _export_npz(db, out, progress):
     try:
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
             labels = np.empty(n, np.int64)
-            shape = None
             with zf.open("images.npy", "w", force_zip64=True) as f:
-                done = 0
-                for images, lab in db.batches(_CHUNK, reuse=True):
-                    if shape is None:
-                        shape = images.shape[1:]
+                for start, images, lab in db.scan(_CHUNK, purpose="the images of an .npz "
+                                                  "(export images instead)"):
+                    if start == 0:
                         np.lib.format.write_array_header_1_0(
                             f, {"descr": images.dtype.str, "fortran_order": False,
-                                "shape": (n,) + shape})
-                    elif images.shape[1:] != shape:
-                        raise ShapeMismatchError(
-                            f"record {_show_key(index[done])} has shape {images.shape[1:]}, the "
-                            f"records before it {shape}: an .npz needs one shape (export "
-                            "images instead)")
+                                "shape": (n,) + images.shape[1:]})
                     f.write(images.tobytes())
-                    labels[done:done + len(lab)] = lab
-                    done += len(lab)
+                    labels[start:start + len(lab)] = lab
                     if progress is not None:
-                        progress(done, n)
-                if shape is None:
+                        progress(start + len(lab), n)
+                if n == 0:
                     np.lib.format.write_array_header_1_0(
                         f, {"descr": "|u1", "fortran_order": False, "shape": (0,)})
             _zip_array(zf, "labels.npy", labels)

@@ -18,7 +18,7 @@ import os
 import stat
 import struct
 
-from .errors import ImageReadError, ImageTooLargeError
+from ..errors import ImageReadError, ImageTooLargeError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "declared_size", "check_image"]
 

@@ -40,7 +40,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import WorkerError
+from ..errors import WorkerError
 
 try:
     from concurrent.futures import BrokenExecutor
@@ -218,7 +218,7 @@ def make_executor(executor="thread", workers=None):
     if not isinstance(executor, str):
         return executor
     if executor == "ray":
-        from .ray_executor import RayExecutor  # the only module that imports ray
+        from .ray import RayExecutor  # the only module that imports ray
 
         return RayExecutor(workers)
     workers = max(1, int(workers or default_workers()))

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codec import array_to_datum_bytes, parse_datum
+from ..format.datum import array_to_datum_bytes, parse_datum
 from .encode import Skip, encode_many
-from .errors import (ImageReadError, OptionError, ResumeError, ShapeMismatchError,
+from ..errors import (ImageReadError, OptionError, ResumeError, ShapeMismatchError,
                      SourceFormatError)
-from .imagesize import DEFAULT_MAX_PIXELS
-from .keys import index_key
-from .parallel import InlineExecutor, make_executor, ordered_map, prefetch
-from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, LMDBSink, prepare_output, read_state,
+from ..format.imagesize import DEFAULT_MAX_PIXELS
+from ..format.keys import index_key
+from .executors import InlineExecutor, make_executor, ordered_map, prefetch
+from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, open_sink, prepare_output, read_state,
                    write_state)
+from .summary import Summary
 from .sources import (ArraySource, CifarSource, FolderSource, ImageOptions, ListFileSource,
                       MnistSource)
 
@@ -42,54 +43,6 @@ __all__ = ["Summary", "run", "convert_imageset", "convert_folder", "convert_mnis
 #: seconds an image may take before it is skipped as hung (see parallel.ordered_map)
 DEFAULT_TIMEOUT = 60.0
 TARGETS_SUFFIX = "_targets"
-
-
-@dataclass
-class Summary:
-    """What a conversion did. ``written``: records in the database; ``skipped``: the
-    :class:`~caffe_lmdb.encode.Skip` of every sample that gave no record (with its reason);
-    ``bytes``: bytes of record values written; ``seconds``: this run's wall time."""
-    path: str
-    total: int = 0
-    written: int = 0
-    skipped: list = field(default_factory=list)
-    bytes: int = 0
-    seconds: float = 0.0
-    resumed_from: int = 0
-    targets_path: str = None
-    log_path: str = None
-    file_bytes: int = 0
-    map_grown: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def images_per_second(self):
-        done = self.total - self.resumed_from
-        return done / self.seconds if self.seconds > 0 else float("inf")
-
-    def __str__(self):
-        lines = [f"{self.path}: {self.written} records written, {len(self.skipped)} skipped, "
-                 f"{_human(self.bytes)} of records ({_human(self.file_bytes)} data.mdb), "
-                 f"{self.seconds:.2f} s"
-                 + (f" (resumed at sample {self.resumed_from})" if self.resumed_from else "")]
-        if self.targets_path:
-            lines.append(f"  targets (float_data, same keys): {self.targets_path}")
-        for skip in self.skipped[:10]:
-            lines.append(f"  skipped {skip.where}: {skip.reason}")
-        if len(self.skipped) > 10:
-            lines.append(f"  ... {len(self.skipped) - 10} more")
-        if self.skipped and self.log_path:
-            lines.append(f"  every skipped sample is listed in {self.log_path}")
-        for name, value in self.extra.items():
-            lines.append(f"  {name}: {value}")
-        return "\n".join(lines)
-
-
-def _human(n):
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def targets_db_path(db):
@@ -255,8 +208,8 @@ def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, stri
         log.write(f"# caffe-lmdb {job}: samples that gave no record (tab-separated: "
                   "where, key, reason)\n")
         log.writelines(_skip_line(s) for s in skipped)
-    sink = LMDBSink(path, map_size=map_size, commit_every=commit_every)
-    tsink = LMDBSink(tpath, map_size=map_size, commit_every=commit_every) if tpath else None
+    sink = open_sink(path, map_size=map_size, commit_every=commit_every)
+    tsink = open_sink(tpath, map_size=map_size, commit_every=commit_every) if tpath else None
     summary = Summary(path=path, total=len(source), resumed_from=start, targets_path=tpath,
                       log_path=log_path)
     done = start
@@ -484,7 +437,7 @@ class DatumWriter:
         self._t0 = time.perf_counter()
         self.path = os.fspath(path)
         prepare_output(self.path, overwrite=overwrite, resume=resume)
-        self._sink = LMDBSink(self.path, map_size=map_size, commit_every=commit_every)
+        self._sink = open_sink(self.path, map_size=map_size, commit_every=commit_every)
         self.key_width = key_width
         self.index = self._sink.entries
         self._start = self.index

@@ -1,0 +1,535 @@
+"""Many Datum records at once: the one batch decoder of the package.
+
+:class:`BatchDecoder` turns a batch of serialized records into one (N, C, H, W) (or
+(N, H, W, C)) array and an (N,) int64 label array, in the channel order, layout and dtype asked
+for. Every reader of the package goes through it: ``DatumDB.batches`` and ``read``,
+``read_features``, ``compute_mean`` and ``export``. :func:`decode_batch` is its one-call form.
+
+* Raw and float records that share one byte layout (one converter, one shape; labels of
+  different varint lengths are fine) are decoded with a few vectorized NumPy steps for the whole
+  batch, split across cores when the batch is large; others are parsed one by one.
+* Encoded records are decoded on :func:`image_pool` (a thread per core: OpenCV releases the GIL
+  while it decodes), each thread writing its images straight into their slots of the batch.
+
+Errors name the record (its key when the caller passes the keys) and are raised in record order.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Union
+
+import numpy as np
+
+from ..errors import DatumDecodeError, ShapeMismatchError, show_key
+from . import cv
+from .datum import decode, fields_to_array, parse_datum, shape_of
+from .imagesize import DEFAULT_MAX_PIXELS
+
+__all__ = ["BatchDecoder", "decode_batch", "image_pool", "record_shape", "CHANNEL_ORDERS",
+           "LAYOUTS"]
+
+CHANNEL_ORDERS = ("BGR", "RGB")
+LAYOUTS = ("CHW", "HWC")
+
+_U8 = np.dtype(np.uint8)
+_F4 = np.dtype("<f4")
+
+Allocator = Callable[[tuple, np.dtype], np.ndarray]
+Output = Union[None, np.ndarray, Allocator]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool: one per process, made on first use
+# ---------------------------------------------------------------------------------------------
+
+
+class _Pool:
+    """A thread per core, created on first use. A forked child makes its own: the parent's
+    threads do not exist there, and a lock held by one of them at fork time would stay locked."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: ThreadPoolExecutor | None = None
+        self.pid = 0
+
+    def get(self) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.executor is None or self.pid != os.getpid():
+                self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                                   thread_name_prefix="caffe_lmdb-decode")
+                self.pid = os.getpid()
+            return self.executor
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.executor = None
+
+
+_POOL = _Pool()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.after_fork_in_child)
+
+
+def image_pool() -> ThreadPoolExecutor:
+    """The package's decoding threads (one per core), shared by every batch decode."""
+    return _POOL.get()
+
+
+def _record_name(keys, i):
+    return f"record {i}" + (f" (key {show_key(keys[i])})" if keys is not None else "")
+
+
+def record_shape(value, key=None):
+    """``(shape, dtype, encoded)`` of one serialized record without decoding its pixels; the
+    shape of an encoded record is None (only decoding tells)."""
+    try:
+        f = parse_datum(value)
+    except DatumDecodeError as exc:
+        raise DatumDecodeError(str(exc), key) from exc
+    if f.encoded:
+        return None, _U8, True
+    shape = (f.channels, f.height, f.width)
+    if f.data is not None and f.data[1]:
+        return shape, _U8, False
+    return shape, np.dtype(np.float32), False
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorized path for raw and float records of one layout
+# ---------------------------------------------------------------------------------------------
+
+_TAIL = 8  # bytes after the payload that the vectorized path reads: label varint + encoded
+_PAD = bytes(_TAIL)
+_PADS = [bytes(k) for k in range(_TAIL + 1)]
+
+
+def _simple_tail(tail):
+    """(structure mask, label size) when ``tail`` is one of Caffe's usual tails with a label of
+    one or two bytes (``28 <label>``, then optionally ``38 00``), or just ``38 00``, or nothing;
+    else None. The mask keeps tag and encoded bytes whole, and the label's continuation bits."""
+    if tail in (b"", b"\x38\x00"):
+        return np.full(len(tail), 0xFF, _U8), 0
+    if len(tail) < 2 or tail[0] != 0x28:
+        return None
+    size = 1 if tail[1] < 0x80 else (2 if len(tail) > 2 and tail[2] < 0x80 else 0)
+    rest = tail[1 + size:]
+    if not size or rest not in (b"", b"\x38\x00"):
+        return None
+    return np.array([0xFF] + [0x80] * size + [0xFF] * len(rest), _U8), size
+
+
+def _tail_labels(tails, tail_len, head_label, equal):
+    """Vectorized parse of the bytes after the payload, when they are one of Caffe's usual tails:
+    an optional label (``28`` + a varint of 1 to 3 bytes) then an optional ``38 00``
+    (encoded = false). ``tails`` is (N, 8) (padded past each record's end), ``tail_len`` (N,),
+    ``equal`` whether all tails have one length. Returns the (N,) labels, or None when some
+    record's tail is anything else."""
+    n = tails.shape[0]
+    simple = _simple_tail(bytes(tails[0, :tail_len[0]])) if equal else None
+    if simple is not None:
+        # one layout for all: compare the structure bytes with the first record's, read the
+        # label from fixed columns
+        mask, size = simple
+        width = len(mask)
+        if width and not ((tails[:, :width] & mask) == (tails[0, :width] & mask)).all():
+            return None
+        if size == 0:
+            return np.full(n, head_label, np.int64)
+        labels = tails[:, 1].astype(np.int64)
+        if size == 2:
+            labels &= 0x7F
+            labels |= tails[:, 2].astype(np.int64) << 7
+        return labels
+    # lengths differ: each record is `28 <label of k bytes>` then optionally `38 00`
+    b1, b2, b3 = tails[:, 1], tails[:, 2], tails[:, 3]
+    size = np.where(b1 < 0x80, 1, np.where(b2 < 0x80, 2, np.where(b3 < 0x80, 3, 9)))
+    rest = tail_len - 1 - size
+    rows = np.arange(n)
+    at = np.minimum(size + 1, _TAIL - 2)
+    ok = (tails[:, 0] == 0x28) & ((rest == 0) | ((rest == 2) & (tails[rows, at] == 0x38)
+                                                 & (tails[rows, at + 1] == 0)))
+    if not ok.all():
+        return None
+    labels = (b1 & 0x7F).astype(np.int64)
+    labels |= (b2 & 0x7F).astype(np.int64) << 7
+    labels |= (b3 & 0x7F).astype(np.int64) << 14
+    # keep only the bytes that belong to each label
+    labels &= np.where(size == 1, 0x7F, np.where(size == 2, 0x3FFF, 0x1FFFFF))
+    return labels
+
+
+def _decode_uniform(buffers, f0, out, labels_out, dtype):
+    """Vectorized decode of records that share the header of the first (same fields and shape
+    up to the payload) and end in one of Caffe's usual tails. One join (records whose lengths
+    differ, e.g. labels of 1 and 2 bytes, padded to one width), one strided view, one comparison
+    of the headers, one copy of the payloads (split across cores when large).
+    Returns False when any record differs, or the first is bad: the caller then parses (and
+    writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when not None, is the dtype
+    every record must hold."""
+    try:
+        shape = shape_of(f0)
+    except DatumDecodeError:
+        return False
+    if f0.encoded or (dtype is not None and (f0.data is not None) != (dtype == _U8)):
+        return False
+    if f0.data is not None:
+        payload, size = f0.data
+        if f0.floats:
+            return False
+        head, tail_at = payload, payload + size
+    elif len(f0.floats) == 1 and f0.floats[0][2] == 5:
+        payload, count, _ = f0.floats[0]
+        head, tail_at = payload - 1, payload - 1 + 5 * count
+    else:
+        return False
+    if shape != out.shape[1:] or out[0].size != (size if f0.data is not None else count):
+        return False
+    n = len(buffers)
+    lengths = np.fromiter(map(len, buffers), np.int64, n)
+    tail_len = lengths - tail_at
+    if tail_len.min() < 0 or tail_len.max() > _TAIL:
+        return False
+    width = tail_at + _TAIL
+    equal = bool((lengths == lengths[0]).all())
+    if equal:  # rows one record apart; the padding keeps the last row's tail window in range
+        joined = b"".join([*buffers, _PAD])
+        stride = int(lengths[0])
+    else:  # each record padded with zeros to one width: rows are again one stride apart
+        parts = [_PAD] * (2 * n)
+        parts[::2] = buffers
+        parts[1::2] = [_PADS[k] for k in (width - lengths).tolist()]
+        joined = b"".join(parts)
+        stride = width
+    rows = np.ndarray((n, width), _U8, joined, 0, (stride, 1))
+    source = joined
+    if not (rows[:, :head] == rows[0, :head]).all():
+        return False
+    labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label, equal)
+    if labels is None:
+        return False
+    flat = out.reshape(n, -1)
+    if f0.data is None:
+        floats = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
+
+        def rows_of(a, b):  # every value of a float run has its tag, then the copy
+            if not _float_tags_ok(source, head + a * stride, stride, b - a, count):
+                return False
+            flat[a:b] = floats[a:b]
+            return True
+    else:
+        def rows_of(a, b):
+            flat[a:b] = rows[a:b, head:tail_at]
+            return True
+    if not _split_rows(rows_of, n, n * (tail_at - head)):
+        return False  # out may be partly written: the caller rewrites every row
+    labels_out[...] = labels
+    return True
+
+
+def _float_tags_ok(source, offset, stride, n, count):
+    """True when each of ``n`` float runs (``stride`` bytes apart from ``offset`` in
+    ``source``) holds ``count`` values that all carry float_data's tag (0x35). OpenCV takes
+    every fifth byte into one plane and finds its extremes, some 1.5x faster than NumPy's
+    strided comparison (and it releases the GIL)."""
+    runs = np.ndarray((n, count, 5), _U8, source, offset, (stride, 5, 1))
+    cv2 = cv.cv2()
+    low, high, _, _ = cv2.minMaxLoc(cv2.extractChannel(runs, 0))
+    return low == high == 0x35
+
+
+_SPLIT_BYTES = 1 << 20
+
+
+def _split_rows(fn, n, nbytes):
+    """fn(a, b) over rows [0, n): on one thread per core, 1 MiB of rows or more each, when the
+    rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when every call
+    returned True."""
+    if nbytes < 2 * _SPLIT_BYTES:  # (checked first: os.cpu_count() costs some 8 us a call)
+        return fn(0, n)
+    parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
+    if parts <= 1:
+        return fn(0, n)
+    bounds = [n * k // parts for k in range(parts + 1)]
+    pool = image_pool()
+    futures = [pool.submit(fn, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    ok = fn(bounds[0], bounds[1])
+    return all([f.result() for f in futures]) and ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+# ---------------------------------------------------------------------------------------------
+
+
+class _Offset:
+    """keys shifted by ``offset`` (the keys of one chunk of a batch)."""
+
+    def __init__(self, keys, offset):
+        self.keys, self.offset = keys, offset
+
+    def __getitem__(self, i):
+        return self.keys[self.offset + i]
+
+
+class BatchDecoder:
+    """Decodes batches of records into arrays, as one reader wants them.
+
+    Parameters
+    ----------
+    layout : ``"CHW"`` (Caffe's planar order) or ``"HWC"``.
+    channel_order : ``"BGR"`` (as stored) or ``"RGB"`` (3-channel pixel records reversed).
+    dtype : output dtype; None keeps the records' own (uint8 pixels, float32 float_data).
+    color : encoded records: None decodes natively, True forces BGR, False gray.
+    max_pixels : encoded images declaring more pixels are refused unread (None: no limit).
+
+    A decoder keeps two things between batches, both only for speed: the shape of the last
+    batch of encoded images (so the next batch's output can be allocated before its first image
+    is decoded) and a scratch array for layouts that need a second pass.
+    """
+
+    def __init__(self, layout: str = "CHW", channel_order: str = "BGR", dtype: Any = None,
+                 color: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, "
+                             f"not {channel_order!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if color not in (None, True, False):
+            raise ValueError(f"color must be None (native), True or False, not {color!r}")
+        self.layout, self.channel_order, self.color = layout, channel_order, color
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.max_pixels = max_pixels
+        self._encoded_shape: tuple | None = None
+        self._scratch: dict = {}
+
+    # -- one record ---------------------------------------------------------------------------
+
+    def decode_one(self, value, key=None) -> tuple[np.ndarray, int]:
+        """``(image, label)`` of one record, as a new array in this decoder's form."""
+        arr, label = self._decode(value, key)
+        out = np.empty(self.output_shape(arr.shape), self.dtype or arr.dtype)
+        self._arrange(arr[None], out[None], arr.dtype == _U8)
+        return out, int(label)
+
+    def output_shape(self, shape: tuple, n: int | None = None) -> tuple:
+        """The output shape of records of (C, H, W) ``shape`` (with a batch axis of ``n``)."""
+        shape = tuple(shape) if self.layout == "CHW" else tuple(shape[1:]) + tuple(shape[:1])
+        return shape if n is None else (n,) + shape
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def decode(self, values: Sequence | Iterable[Sequence], n: int | None = None,
+               keys: Any = None, out: Output = None, labels_out: np.ndarray | None = None,
+               chunked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``n`` records into one batch.
+
+        ``values``: the serialized records (bytes, memoryviews), or with ``chunked=True``
+        successive lists of them (each list is decoded as it comes, so a caller can hand over
+        values that are valid only until the next list is taken). ``keys[i]`` names record i
+        in errors. ``out``: None (a new array), an array to fill (its dtype may differ from the
+        records': values are cast), or a function ``(shape, dtype) -> array``. All records must
+        have one shape (and, for encoded images, one dtype): ShapeMismatchError names the first
+        that differs.
+        """
+        chunks = iter(values) if chunked else iter([values])
+        first = next(chunks)
+        first = first if isinstance(first, list) else list(first)
+        if n is None:
+            if chunked:
+                raise ValueError("decode(chunked=True) needs n")
+            n = len(first)
+        if n == 0 or not first:
+            raise ValueError("a batch needs at least one record")
+        try:
+            f0 = parse_datum(first[0])
+        except DatumDecodeError as exc:
+            raise DatumDecodeError(f"{_record_name(keys, 0)}: {exc}") from exc
+        if f0.encoded:
+            rest = [v for chunk in chunks for v in chunk]
+            return self._decode_encoded(first + rest if rest else first, keys, out, labels_out)
+        shape = shape_of(f0)
+        pixels = f0.data is not None and bool(f0.data[1])
+        native = _U8 if pixels else np.dtype(np.float32)
+        images = self._output(out, n, shape, native)
+        labels = _prepare_labels(labels_out, n)
+        require = native if out is None and self.dtype is None else None
+        direct = self.layout == "CHW" and not (pixels and self._flips(shape))
+        a = 0
+        for chunk in (first, *chunks) if chunked else (first,):
+            b = a + len(chunk)
+            if b > n:
+                raise ValueError(f"more than the {n} records announced")
+            if a:
+                here = record_shape(chunk[0], keys[a] if keys is not None else None)[0]
+                if here != shape:
+                    raise ShapeMismatchError(
+                        f"{_record_name(keys, a)} has shape {here}, but the batch's first "
+                        f"record has {shape}")
+            target = images[a:b] if direct else self._scratch_for((b - a,) + shape, native)
+            _decode_plain(chunk, target, labels[a:b], self.color, self.max_pixels,
+                          _Offset(keys, a) if keys is not None and a else keys, require)
+            if not direct:
+                self._arrange(target, images[a:b], pixels)
+            a = b
+        if a != n:
+            raise ValueError(f"{a} records given, {n} announced")
+        return images, labels
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _decode(self, value, key):
+        try:
+            return decode(value, self.color, self.max_pixels)
+        except DatumDecodeError as exc:
+            raise DatumDecodeError(str(exc), key) from exc
+
+    def _flips(self, shape):
+        return self.channel_order == "RGB" and shape[0] == 3
+
+    def _output(self, out, n, shape, native):
+        want = self.output_shape(shape, n)
+        if out is None:
+            return np.empty(want, self.dtype or native)
+        if callable(out):
+            return out(want, self.dtype or native)
+        if out.shape != want:
+            raise ValueError(f"out has shape {out.shape}, the batch needs {want}")
+        return out
+
+    def _arrange(self, src, dest, pixels):
+        """Copy a (N, C, H, W) batch into dest in this decoder's channel order and layout."""
+        if pixels and self._flips(src.shape[1:]):
+            src = src[:, ::-1]
+        if self.layout == "HWC":
+            src = src.transpose(0, 2, 3, 1)
+        dest[...] = src
+
+    def _put(self, chw, dest):
+        """Write one decoded (C, H, W) image into its slot of the batch."""
+        flip = self._flips(chw.shape)
+        if self.layout == "CHW":
+            cv.place(chw, dest, reverse=flip)
+        else:
+            hwc = chw.transpose(1, 2, 0)
+            dest[...] = hwc[:, :, ::-1] if flip else hwc
+
+    def _scratch_for(self, shape, dtype):
+        a = self._scratch.get((shape, dtype))
+        if a is None:
+            self._scratch.clear()
+            a = self._scratch[(shape, dtype)] = np.empty(shape, dtype)
+        return a
+
+    def _decode_encoded(self, values, keys, out, labels_out):
+        """Encoded records, each decoded on a pool thread and written by it into its slot. The
+        batch is allocated with the shape of the previous batch's images when there was one;
+        otherwise (or when the first image differs) the first image is decoded alone first."""
+        guess = self._encoded_shape
+        if guess is not None and not isinstance(out, np.ndarray):
+            result = self._decode_encoded_as(values, keys, out, labels_out, guess, 0)
+            if result is not None:
+                return result
+        first, label = self._decode(values[0], keys[0] if keys is not None else None)
+        self._encoded_shape = (first.shape, first.dtype)
+        images, labels = self._decode_encoded_as(values, keys, out, labels_out,
+                                                 self._encoded_shape, 1)
+        self._put(first, images[0])
+        labels[0] = label
+        return images, labels
+
+    def _decode_encoded_as(self, values, keys, out, labels_out, guess, start):
+        """Decode values[start:] into a batch of images of ``guess`` (shape, dtype); None when
+        the first image turns out to be of another shape (the caller starts over)."""
+        shape, dtype = guess
+        images = self._output(out, len(values), shape, dtype)
+        labels = _prepare_labels(labels_out, len(values))
+        put, color, max_pixels = self._put, self.color, self.max_pixels
+
+        def work_range(span):
+            for j in range(*span):
+                try:
+                    arr, label = decode(values[j], color, max_pixels)
+                except DatumDecodeError as exc:
+                    err = DatumDecodeError(f"{_record_name(keys, j)}: {exc}")
+                    err.__cause__ = exc
+                    return err
+                if arr.shape != shape or arr.dtype != dtype:
+                    err = ShapeMismatchError(
+                        f"{_record_name(keys, j)} decodes to shape {arr.shape} ({arr.dtype}), "
+                        f"but the batch's first record has {shape} ({dtype})")
+                    err.index = j
+                    return err
+                put(arr, images[j])
+                labels[j] = label
+            return None
+
+        step = -(-(len(values) - start) // (2 * (os.cpu_count() or 1))) or 1
+        spans = [(a, min(a + step, len(values))) for a in range(start, len(values), step)]
+        work = map(work_range, spans) if len(spans) <= 1 else image_pool().map(work_range, spans)
+        for error in work:
+            if error is not None:
+                if getattr(error, "index", None) == 0:
+                    return None
+                raise error
+        return images, labels
+
+
+def _decode_plain(buffers, out, labels_out, color, max_pixels, keys, require):
+    """Raw and float records into ``out`` (N, C, H, W); ``require``: the dtype every record
+    must hold (None: any, cast into out)."""
+    n = len(buffers)
+    try:
+        f0 = parse_datum(buffers[0])
+        first = fields_to_array(buffers[0], f0, color, max_pixels)
+    except DatumDecodeError as exc:
+        raise DatumDecodeError(f"{_record_name(keys, 0)}: {exc}") from exc
+    if n > 1 and len(buffers[0]) <= (1 << 16) \
+            and _decode_uniform(buffers, f0, out, labels_out, require):
+        return
+    out[0] = first
+    labels_out[0] = f0.label
+    for i in range(1, n):
+        try:
+            arr, label = decode(buffers[i], color, max_pixels)
+        except DatumDecodeError as exc:
+            raise DatumDecodeError(f"{_record_name(keys, i)}: {exc}") from exc
+        if arr.shape != first.shape or (require is not None and arr.dtype != require):
+            raise ShapeMismatchError(
+                f"{_record_name(keys, i)} holds a {arr.dtype} array of shape {arr.shape}, "
+                f"but the batch's first record holds {first.dtype} {first.shape}")
+        out[i] = arr
+        labels_out[i] = label
+
+
+def _prepare_labels(labels_out, n):
+    if labels_out is None:
+        return np.empty(n, np.int64)
+    if labels_out.shape != (n,):
+        raise ValueError(f"labels_out has shape {labels_out.shape}, the batch needs ({n},)")
+    return labels_out
+
+
+def decode_batch(buffers: Iterable, out: Output = None, labels_out: np.ndarray | None = None,
+                 color: bool | None = None, keys: Any = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, layout: str = "CHW",
+                 channel_order: str = "BGR", dtype: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode many records of one shape into an (N, C, H, W) array and an (N,) int64 label
+    array (see :class:`BatchDecoder` for ``layout``, ``channel_order`` and ``dtype``).
+
+    ``out`` (and ``labels_out``) may be preallocated arrays to fill, and ``out``'s dtype may
+    differ from the records' (values are cast); without ``out``, records must also agree in
+    dtype. ``keys``, when given, name the records in error messages; ``color`` and
+    ``max_pixels`` are as in :func:`~caffe_lmdb.decode`. Raises ShapeMismatchError when records
+    differ.
+    """
+    buffers = buffers if isinstance(buffers, list) else list(buffers)
+    if not buffers:
+        raise ValueError("decode_batch needs at least one record")
+    decoder = BatchDecoder(layout=layout, channel_order=channel_order, dtype=dtype, color=color,
+                           max_pixels=max_pixels)
+    return decoder.decode(buffers, keys=keys, out=out, labels_out=labels_out)

@@ -1,0 +1,99 @@
+"""BlobProto records: pycaffe's array helpers and Caffe's mean files (``.binaryproto``), the
+BlobProto that ``transform_param { mean_file }`` reads and compute_image_mean writes."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import DatumDecodeError
+from .datum import BlobProto, BlobProtoVector
+
+__all__ = ["array_to_blobproto", "blobproto_to_array", "arraylist_to_blobprotovector_str",
+           "blobprotovector_str_to_arraylist", "read_mean", "write_mean", "mean_bytes"]
+
+
+def array_to_blobproto(arr, diff=None):
+    """An N-D array to a BlobProto with ``shape.dim`` (as pycaffe does); data as float32."""
+    arr = np.asarray(arr)
+    blob = BlobProto()
+    blob.shape.dim.extend(arr.shape)
+    blob.data.extend(arr.astype(np.float32).ravel())
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, np.float32).ravel())
+    return blob
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """A BlobProto's data (or diff) as a float32 array: the legacy (num, channels, height, width)
+    shape when any of those is set, else ``shape.dim``."""
+    values = np.array(blob.diff if return_diff else blob.data, dtype=np.float32)
+    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") \
+            or blob.HasField("width"):
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(blob.shape.dim)
+    if int(np.prod(shape)) != values.size:
+        raise DatumDecodeError(f"blob holds {values.size} values but its shape is {shape}")
+    return values.reshape(shape)
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """A list of arrays to serialized BlobProtoVector bytes."""
+    vec = BlobProtoVector()
+    vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(str_):
+    """Serialized BlobProtoVector bytes to a list of arrays."""
+    vec = BlobProtoVector()
+    try:
+        vec.ParseFromString(str_)
+    except Exception as exc:  # protobuf's DecodeError
+        raise DatumDecodeError(f"not a BlobProtoVector: {exc}") from exc
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def read_mean(path):
+    """The mean stored in a ``.binaryproto`` file, as a (C, H, W) float32 array.
+
+    A blob with num > 1 is returned whole, (num, C, H, W).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    blob = BlobProto()
+    try:
+        blob.ParseFromString(raw)
+        arr = blobproto_to_array(blob)
+    except Exception as exc:
+        raise DatumDecodeError(f"{path} is not a Caffe mean file (BlobProto): {exc}") from exc
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
+
+
+def mean_bytes(array):
+    """Serialized BlobProto of a mean, exactly as compute_image_mean writes it: the legacy shape
+    fields num = 1, channels, height, width and the values as packed float32 ``data``."""
+    arr = np.asarray(array, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"a mean is (C, H, W) or (1, C, H, W); got shape {arr.shape}")
+    blob = BlobProto(num=1, channels=arr.shape[0], height=arr.shape[1], width=arr.shape[2])
+    blob.data.extend(arr.ravel())
+    return blob.SerializeToString()
+
+
+def write_mean(array, path):
+    """Write a (C, H, W) mean to ``path`` as a Caffe ``.binaryproto`` (see :func:`mean_bytes`)."""
+    data = mean_bytes(array)
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

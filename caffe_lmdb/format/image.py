@@ -1,0 +1,117 @@
+"""Image files to Datum records, as Caffe's ``ReadImageToDatum`` (convert_imageset) does.
+
+The only module of ``format`` that reads files: given a path it reads the file's bytes once;
+given bytes it reads nothing.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import EncodeError, ImageReadError
+from . import cv
+from .datum import Datum, datum_bytes
+from .sniff import image_format
+
+__all__ = ["read_image", "encode_image", "image_to_datum", "extension_of", "extension_matches",
+           "resize_to"]
+
+_U8 = np.dtype(np.uint8)
+
+
+def extension_of(name):
+    """The extension Caffe sees: what follows the last '.', lower-cased (the whole name if none)."""
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def extension_matches(ext, encode_type):
+    """Caffe's matchExt: case-insensitive equality, and type ``jpg`` also accepts ``jpeg``."""
+    encode_type = encode_type.lower()
+    return ext == encode_type or (encode_type == "jpg" and ext == "jpeg")
+
+
+def resize_to(resize):
+    """(H, W) when both are > 0 (Caffe's rule), else None."""
+    if not resize:
+        return None
+    h, w = (int(v) for v in resize)
+    return (h, w) if h > 0 and w > 0 else None
+
+
+def read_image(path_or_bytes, gray=False, resize=None):
+    """Decode an image as Caffe's ReadImageToCVMat: BGR (or gray), bilinear resize to (H, W).
+
+    Returns ``(image, file_bytes, name)``: the H x W (x 3) array, the undecoded bytes and the name
+    used for the extension rule (None for bytes input). Raises ImageReadError.
+    """
+    cv2 = cv.cv2()
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        blob, name = bytes(path_or_bytes), None
+    else:
+        name = os.fspath(path_or_bytes)
+        try:
+            with open(name, "rb") as f:
+                blob = f.read()
+        except OSError as exc:
+            raise ImageReadError(f"could not read image {name}: {exc.strerror}", name) from exc
+    flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    img = cv2.imdecode(np.frombuffer(blob, _U8), flag) if blob else None
+    if img is None:
+        where = name if name is not None else f"<{len(blob)} bytes>"
+        raise ImageReadError(f"could not decode image {where}: not an image OpenCV can read", name)
+    size = resize_to(resize)
+    if size is not None:
+        img = cv2.resize(img, (size[1], size[0]))
+    return img, blob, name
+
+
+def encode_image(path_or_bytes, label, resize=None, gray=False, encode=None):
+    """Serialized Datum for one image file, byte-identical to Caffe's convert_imageset.
+
+    * ``encode=None``: a raw record, planar C x H x W BGR (C = 1 with ``gray``), fields channels,
+      height, width, data, label and ``encoded = false``.
+    * ``encode="jpg"``/``"png"``/...: an encoded record (data, label, ``encoded = true``). With no
+      resize, and a file whose extension matches the type (``jpg`` also matching ``.jpeg``), the
+      file's own bytes are stored unchanged; otherwise the decoded, resized image is re-encoded
+      with OpenCV. ``encode=True`` means the file's own extension (convert_imageset's
+      ``--encoded`` without ``--encode_type``). For bytes input the format is sniffed from the
+      magic number.
+    * One deliberate difference from Caffe: with ``gray`` an encoded record is always re-encoded
+      from the gray image. (Caffe's pass-through keeps the colour file under ``--gray``.)
+
+    As in Caffe, the image is decoded even when its bytes are passed through, so an unreadable
+    file raises :class:`~caffe_lmdb.errors.ImageReadError` in every mode.
+    """
+    img, blob, name = read_image(path_or_bytes, gray=gray, resize=resize)
+    if not encode:
+        chw = np.ascontiguousarray(cv.hwc_to_chw(img))
+        c, h, w = chw.shape
+        return datum_bytes(c, h, w, data=chw, label=label, encoded=False)
+    ext = extension_of(name) if name is not None else image_format(blob)
+    encode_type = ext if encode is True else str(encode).lower().lstrip(".")
+    if encode_type is None:
+        raise EncodeError("encode=True needs a file name (or a known image format) to pick "
+                          "the encoding; pass encode='jpg' or 'png'")
+    if (resize_to(resize) is None and not gray and ext is not None
+            and extension_matches(ext, encode_type)):
+        payload = blob
+    else:
+        cv2 = cv.cv2()
+        try:
+            ok, buf = cv2.imencode("." + encode_type, img)
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise EncodeError(f"OpenCV could not encode {name or 'image'} as {encode_type!r} "
+                              "(use an image type OpenCV writes, e.g. jpg or png)")
+        payload = buf.tobytes()
+    return datum_bytes(data=payload, label=label, encoded=True)
+
+
+def image_to_datum(path_or_bytes, label, resize=None, gray=False, encode=None):
+    """A Datum message for one image, with Caffe's exact semantics (see :func:`encode_image`)."""
+    datum = Datum()
+    datum.ParseFromString(encode_image(path_or_bytes, label, resize=resize, gray=gray,
+                                       encode=encode))
+    return datum

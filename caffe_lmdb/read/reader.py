@@ -1,0 +1,512 @@
+"""Lazy, read-only access to a Caffe database of Datum records: :class:`DatumDB`.
+
+``caffe_lmdb.open(path)`` returns a :class:`DatumDB`. Opening reads no values: it builds a key
+index (:mod:`~caffe_lmdb.read.keyindex`) from a keys-only scan and parses the first record to
+check that the values are Datum records. Records are read on demand: by position (``db[i]``,
+the i-th key in byte order, which is the order Caffe's DataLayer reads), by key
+(``db.get(key)``), in key order (iteration) or in decoded batches (``db.batches()``),
+sequential or shuffled, optionally sharded between processes. Decoding goes through the
+package's one batch decoder (:class:`~caffe_lmdb.format.batch.BatchDecoder`); storage through
+the engine interface (:mod:`caffe_lmdb.storage`).
+
+How the database is opened, and what it means:
+
+* ``lock=False`` (default): no lock file is created and no reader slot is taken, so a
+  database on read-only media, or one shared by many processes, opens fine. The price: a
+  writer in another process cannot see this reader, so reading a database *while it is being
+  written* may return records of a half-finished write, or garbage once the writer reuses
+  pages this reader still looks at. Read a database that is being written with ``lock=True``
+  (which needs a writable folder for ``lock.mdb``), and call ``db.refresh()`` to see new
+  records.
+* ``readahead=False`` (default): the OS does not read ahead on page faults, which keeps random
+  access (shuffling) from reading pages it never uses. For one sequential pass over a
+  database bigger than the page cache on a spinning disk, ``readahead=True`` can be faster.
+* One environment per database per process (see :mod:`caffe_lmdb.storage.lmdb`). A
+  :class:`DatumDB` pickles as its path and options only, and reopens by itself in the process
+  that unpickles it (``spawn`` workers); in a ``fork``-ed child it reopens on first use.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+from itertools import islice
+from operator import itemgetter
+
+import numpy as np
+
+from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
+from ..format.batch import BatchDecoder, record_shape
+from ..format.datum import parse_datum
+from ..format.sniff import describe_bytes
+from ..storage.base import detect_backend, open_reader
+from .keyindex import KeysAt, RangeKeys, position, scan_keys
+
+__all__ = ["open", "DatumDB"]
+
+
+def _low_memory_step(n):
+    """Low-memory mode (batches(reuse=True)): records gathered and decoded per call. Each
+    decode call copies its values into one bytes object; a quarter of the batch (at least 64
+    records, each call costing some 20 us) keeps that copy and the memoryviews of the values
+    under one batch."""
+    return max(64, -(-n // 4))
+
+
+def _check_path(path):
+    """The LMDB folder to open, or NotADatumDBError saying what is wrong with ``path``."""
+    path = os.fsdecode(os.fspath(path))
+    if os.path.isfile(path):
+        name = os.path.basename(path)
+        if name in ("data.mdb", "lock.mdb"):
+            folder = os.path.dirname(path) or "."
+            raise NotADatumDBError(f"{path} is LMDB's {name} file: pass the folder that holds "
+                                   f"it ({folder}), as Caffe's tools do")
+        with builtins.open(path, "rb") as f:
+            head = f.read(64)
+        raise NotADatumDBError(f"{path} is a file ({describe_bytes(head)}), not an LMDB folder: "
+                               "Caffe's LMDBs are folders holding data.mdb")
+    if not os.path.exists(path):
+        raise NotADatumDBError(f"no LMDB at {path}: the folder does not exist")
+    if not os.path.isdir(path):
+        raise NotADatumDBError(f"{path} is not a folder")
+    detect_backend(path)
+    return path
+
+
+def _check_first_record(path, key, value):
+    """Raise NotADatumDBError when the first value is not a Datum with pixels or floats."""
+    where = f"{path}: the value of key {show_key(key)}"
+    try:
+        f = parse_datum(value)
+    except DatumDecodeError:
+        raise NotADatumDBError(f"{where} is not a Datum record: it looks like "
+                               f"{describe_bytes(value)}") from None
+    if f.encoded:
+        if f.data is None or not f.data[1]:
+            raise NotADatumDBError(f"{where} is an encoded Datum without data")
+        return
+    if f.data is not None and f.data[1]:
+        count, what = f.data[1], "bytes of data"
+    elif f.floats:
+        count, what = f.float_count, "float_data values"
+    else:
+        raise NotADatumDBError(f"{where} is not a Datum record with pixels (it parses as "
+                               f"protobuf but holds neither data nor float_data); it looks like "
+                               f"{describe_bytes(value)}")
+    if f.channels * f.height * f.width != count:
+        raise NotADatumDBError(f"{where} is not a valid Datum: {count} {what} for a shape of "
+                               f"{f.channels} x {f.height} x {f.width}; it looks like "
+                               f"{describe_bytes(value)}")
+
+
+class _Recycler:
+    """Arrays handed out by batches(), reused once nobody else holds them.
+
+    An array is reused only when this pool holds its sole reference: any view of it (a slice,
+    ``torch.from_numpy``, a loop variable) keeps it out of reuse. Fresh pages cost a page fault
+    each, which on small records costs more than decoding them."""
+
+    def __init__(self, keep=3):
+        self.keep = keep
+        self.arrays = []
+
+    def get(self, shape, dtype, reuse=False):
+        """An array of ``shape``: a recycled one (or the first rows of a larger one, for a
+        short last batch), else a new one."""
+        arrays = self.arrays
+        for i in range(len(arrays)):
+            a = arrays[i]
+            if (a.shape[1:] == shape[1:] and a.shape[0] >= shape[0] and a.dtype == dtype
+                    and (reuse or sys.getrefcount(arrays[i]) <= 3)):
+                return a if a.shape[0] == shape[0] else a[:shape[0]]
+        a = np.empty(shape, dtype)
+        arrays.append(a)
+        if len(arrays) > self.keep:
+            del arrays[0]
+        return a
+
+
+def open(path, **options):  # noqa: A001 - the package's entry point, as lmdb.open
+    """Open a Caffe database for reading; see :class:`DatumDB` for the options."""
+    return DatumDB(path, **options)
+
+
+class DatumDB:
+    """A read-only Caffe LMDB of Datum records, read lazily.
+
+    Parameters
+    ----------
+    path : folder of the LMDB (the one holding data.mdb).
+    channel_order : ``"BGR"`` (as Caffe's OpenCV-based tools store images; the default, no
+        change) or ``"RGB"`` (the channel axis of 3-channel pixel records reversed). CIFAR
+        databases from convert_cifar_data already hold RGB: read them with the default.
+    layout : ``"CHW"`` (Caffe's planar order, the default) or ``"HWC"``.
+    dtype : output dtype; default uint8 for pixel records, float32 for float_data records.
+    color : for encoded records: None decodes natively (a gray PNG gives one channel, as
+        Caffe's DataLayer), True forces 3-channel BGR, False forces gray.
+    readahead, lock : see the module documentation.
+    """
+
+    def __init__(self, path, *, channel_order="BGR", layout="CHW", dtype=None, color=None,
+                 readahead=False, lock=False):
+        BatchDecoder(layout=layout, channel_order=channel_order, dtype=dtype, color=color)
+        self.path = _check_path(path)
+        self.options = dict(channel_order=channel_order, layout=layout,
+                            dtype=None if dtype is None else np.dtype(dtype).str, color=color,
+                            readahead=bool(readahead), lock=bool(lock))
+        self._setup()
+        self._load()
+
+    def _setup(self):
+        o = self.options
+        self.channel_order, self.layout, self.color = o["channel_order"], o["layout"], o["color"]
+        self.dtype = None if o["dtype"] is None else np.dtype(o["dtype"])
+        self._store = open_reader(self.path, lock=o["lock"], readahead=o["readahead"])
+        self._index = None
+        self._expected_len = None
+        self._epoch = 0
+        self._decoder = BatchDecoder(layout=self.layout, channel_order=self.channel_order,
+                                     dtype=self.dtype, color=self.color)
+        self._recycler = _Recycler()  # image arrays
+        self._label_recycler = _Recycler()
+
+    # -- pickling: path and options only; reopened lazily where unpickled --------------------
+
+    def __getstate__(self):
+        return {"path": self.path, "options": self.options, "entries": len(self)}
+
+    def __setstate__(self, state):
+        self.path, self.options = state["path"], state["options"]
+        self._setup()
+        self._expected_len = state["entries"]
+
+    # -- environment and index --------------------------------------------------------------
+
+    @property
+    def env(self):
+        """This process's py-lmdb Environment of the database (read-only, shared by every
+        DatumDB on these files: do not close it). For raw access beside the reader, since
+        py-lmdb >= 2 refuses a second ``lmdb.open`` of the same files in a process."""
+        return self._store.env
+
+    @property
+    def backend(self):
+        """The storage engine of the database (``"lmdb"``)."""
+        return self._store.backend
+
+    def begin(self, buffers=True):
+        """A read view of the database (:class:`~caffe_lmdb.storage.base.ReadTxn`: ``get``,
+        ``iter_keys``, ``iter_values``), to use as a context manager."""
+        return self._store.begin(buffers=buffers)
+
+    def _load(self):
+        with self.begin(buffers=False) as txn:  # refresh() after a writer grew the map, too
+            index = scan_keys(txn)
+            if len(index):
+                key = index[0]
+                _check_first_record(self.path, key, txn.get(key))
+        if self._expected_len is not None and len(index) != self._expected_len:
+            raise NotADatumDBError(
+                f"{self.path} changed since it was opened: it had {self._expected_len} records "
+                f"in the process that pickled it, {len(index)} now")
+        self._index = index
+
+    def _keys(self):
+        if self._index is None:
+            self._load()
+        return self._index
+
+    def refresh(self):
+        """Rebuild the key index (after records were added by a writer)."""
+        self._expected_len = None
+        self._load()
+
+    def close(self):
+        """Release this process's environment (shared with other DatumDBs on the same files)."""
+        self._store.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the sequence of records ------------------------------------------------------------
+
+    def __len__(self):
+        return len(self._keys())
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items()
+                         if v != _DEFAULTS[k])
+        return f"DatumDB({self.path!r}{', ' + opts if opts else ''}) with {len(self)} records"
+
+    def keys(self):
+        """The keys in key order: the key index, a read-only sequence of bytes with
+        ``take(positions)`` (the keys of many positions at once) and ``find(key)`` (a position
+        or None). Nothing is copied."""
+        return self._keys()
+
+    def index(self, key):
+        """Position of ``key`` (str or bytes) in key order; KeyError when absent."""
+        key = _as_key(key)
+        i = self._keys().find(key)
+        if i is None:
+            raise KeyError(f"no record with key {show_key(key)} in {self.path}")
+        return i
+
+    def __getitem__(self, i):
+        """``(image, label)`` of the i-th record in key order (negative i counts from the end).
+
+        A slice or a list of positions gives ``(images, labels)`` batch arrays (see
+        :meth:`read`)."""
+        if isinstance(i, slice):
+            return self.read(range(*i.indices(len(self))))
+        if isinstance(i, (list, tuple, np.ndarray, range)):
+            return self.read(i)
+        index = self._keys()
+        key = index[position(i, len(index))]
+        return self._get(key, missing=lambda: _changed(self.path, key))
+
+    def get(self, key, default=None):
+        """``(image, label)`` of the record with this key (str or bytes), or ``default``."""
+        return self._get(_as_key(key), missing=lambda: default)
+
+    def _get(self, key, missing):
+        with self.begin() as txn:
+            value = txn.get(key)
+            if value is None:
+                return missing()
+            arr, label = self._decode_one(value, key)
+        return arr, label
+
+    def _decode_one(self, value, key):
+        return self._decoder.decode_one(value, key)
+
+    def __iter__(self):
+        """``(image, label)`` for every record in key order (records may differ in shape)."""
+        for _key, image, label in self.items():
+            yield image, label
+
+    def items(self):
+        """``(key, image, label)`` for every record in key order."""
+        index = self._keys()
+        n = len(index)
+        for start in range(0, n, 256):
+            stop = min(n, start + 256)
+            with self.begin() as txn:
+                values = self._gather_range(txn, start, stop - start)
+                decoded = [self._decode_one(v, index[start + j]) for j, v in enumerate(values)]
+            for j, (image, label) in enumerate(decoded):
+                yield index[start + j], image, label
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def read(self, positions):
+        """``(images, labels)`` of the records at these positions, in the order given.
+
+        Values are fetched in key order inside one read transaction (LMDB pages in order) and
+        decoded into new arrays; all records must have one shape."""
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        n = len(self)
+        if len(positions) and (positions.min() < -n or positions.max() >= n):
+            bad = positions[(positions < -n) | (positions >= n)][0]
+            raise IndexError(f"record {bad} out of range: the database has {n} records")
+        positions = np.where(positions < 0, positions + n, positions)
+        if not len(positions):
+            raise ValueError("read() needs at least one position")
+        return self._read_positions(positions, fresh=True)
+
+    def batches(self, batch_size, shuffle=False, seed=None, drop_last=False, shard=None,
+                epoch=None, reuse=False):
+        """Yield ``(images, labels)``: (N, C, H, W) (or (N, H, W, C)) arrays and (N,) int64.
+
+        * ``shuffle=False``: key order (Caffe's order); each batch is one cursor run.
+        * ``shuffle=True``: a permutation of the positions per epoch, from
+          ``numpy.random.default_rng([seed, epoch])``. ``epoch`` defaults to a counter of
+          this object's shuffled passes, so successive calls give successive epochs; a fixed
+          ``seed`` makes every epoch reproducible (seed None: a fresh random permutation).
+          A batch's values are read in key order and put back in permutation order.
+        * ``shard=(rank, world_size)``: this process's share of the (permuted) positions:
+          the rank-th of ``world_size`` contiguous slices, so that the shares of all ranks
+          are disjoint and cover every record once per epoch (their sizes differ by at most
+          one). Shuffled sharding needs a ``seed`` shared by all ranks.
+        * ``drop_last``: leave out the last batch when it is short.
+        * ``reuse=False``: each batch is new to its consumer, but its arrays are recycled
+          once nothing refers to them any more (fresh memory costs a page fault per 4 KiB,
+          more than decoding small records). ``reuse=True`` refills the same arrays for every
+          batch, so a batch is valid only until the next one is asked for; it is the
+          low-memory mode (about 1.5 x one batch at the peak, see docs/readers.md).
+
+        All records of a batch must have one shape (else ShapeMismatchError naming the
+        first record that differs). Encoded records are decoded on a thread per core.
+        """
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        n = len(self)
+        positions = None
+        if shuffle:
+            if shard is not None and seed is None:
+                raise ValueError("shuffle with shard needs a seed: every rank must draw the "
+                                 "same permutation for the shares to be disjoint")
+            if epoch is None:
+                epoch = self._epoch
+                self._epoch += 1
+            rng = np.random.default_rng(None if seed is None else [int(seed), int(epoch)])
+            positions = rng.permutation(n)
+        lo, hi = 0, n
+        if shard is not None:
+            rank, world = (int(v) for v in shard)
+            if world < 1 or not 0 <= rank < world:
+                raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < "
+                                 f"world_size, not {shard!r}")
+            lo, hi = rank * n // world, (rank + 1) * n // world
+        for start in range(lo, hi, batch_size):
+            stop = min(hi, start + batch_size)
+            if drop_last and stop - start < batch_size:
+                break
+            if positions is None:
+                yield self._read_range(start, stop - start, reuse)
+            else:
+                yield self._read_positions(positions[start:stop], fresh=False, reuse=reuse)
+
+    def _read_range(self, start, count, reuse=False):
+        keys = RangeKeys(self._keys(), start)
+        with self.begin() as txn:
+            if not reuse:
+                chunks = [self._gather_range(txn, start, count)]
+            else:  # low-memory mode: gather and decode a third of the batch at a time
+                chunks = self._gather_chunks(txn, start, count, _low_memory_step(count))
+            return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse)
+
+    def _read_positions(self, positions, fresh, reuse=False):
+        index = self._keys()
+        order = np.argsort(positions, kind="stable")
+        keys = index.take(positions[order])
+        with self.begin() as txn:
+            found = list(map(txn.get, keys))  # read in key order (LMDB's pages in order)
+            if None in found:
+                _changed(self.path, keys[found.index(None)])
+            # and put in the order asked: values[j] = found[inverse[j]]
+            inverse = np.empty(len(order), np.intp)
+            inverse[order] = np.arange(len(order))
+            values = [found[0]] if len(found) == 1 else \
+                list(itemgetter(*inverse.tolist())(found))
+            step = _low_memory_step(len(values)) if reuse else len(values)
+            chunks = [values[a:a + step] for a in range(0, len(values), step)]
+            return self._decode_values(chunks, KeysAt(index, positions), len(values),
+                                       fresh=fresh, reuse=reuse)
+
+    def _gather_chunks(self, txn, start, count, step):
+        """Like _gather_range, as successive lists of at most ``step`` values."""
+        index = self._keys()
+        first = index[start]
+        it = txn.iter_values(first)
+        if it is None:
+            _changed(self.path, first)
+        for a in range(0, count, step):
+            values = list(islice(it, min(step, count - a)))
+            if len(values) != min(step, count - a):
+                _changed(self.path, first)
+            yield values
+
+    def _gather_range(self, txn, start, count):
+        """The values of positions start .. start + count - 1: one cursor run."""
+        return next(self._gather_chunks(txn, start, count, count))
+
+    def value_chunks(self, chunk=1024, start=0, stop=None):
+        """Yield ``(start_position, values)`` in key order: the serialized records of positions
+        ``start_position ..``, at most ``chunk`` at a time. The values are buffers that are
+        valid only until the next chunk is asked for (copy what you keep)."""
+        n = len(self)
+        stop = n if stop is None else min(stop, n)
+        for a in range(start, stop, chunk):
+            b = min(stop, a + chunk)
+            with self.begin() as txn:
+                yield a, self._gather_range(txn, a, b - a)
+
+    def _decode_values(self, chunks, keys, n, fresh, reuse=False):
+        """Decode ``n`` records, given as successive lists of values, into one batch."""
+        if fresh:
+            out = None
+        else:
+            def out(shape, dtype):
+                return self._recycler.get(shape, dtype, reuse)
+        labels = None if fresh else self._label_recycler.get((n,), np.dtype(np.int64), reuse)
+        return self._decoder.decode(chunks, n, keys=keys, out=out, labels_out=labels,
+                                    chunked=True)
+
+    def scan(self, chunk=1024, out=None, dtype=None, purpose="these records"):
+        """Yield ``(start, images, labels)`` for every record in key order, ``chunk`` records
+        at a time, decoded by one :class:`~caffe_lmdb.format.batch.BatchDecoder` (this
+        database's layout, channel order and color; ``dtype`` overrides its dtype).
+
+        Every record must have the shape of the first, across chunks too (a mean, a feature
+        array, an .npz need one): ShapeMismatchError names the first record that differs and
+        says it is needed for ``purpose``. ``out(start, count, shape, dtype)`` may return the
+        array to decode a chunk into (e.g. rows of a result); by default one array is reused,
+        so a chunk is valid until the next is asked for.
+        """
+        index = self._keys()
+        decoder = BatchDecoder(layout=self.layout, channel_order=self.channel_order,
+                               dtype=dtype or self.dtype, color=self.color)
+        first_shape = None
+        block = _Recycler(keep=1)
+        labels = np.empty(min(chunk, max(len(index), 1)), np.int64)
+        for start, values in self.value_chunks(chunk):
+            keys = RangeKeys(index, start)
+            k = len(values)
+            if first_shape is not None:
+                here = record_shape(values[0], keys[0])[0]
+                if here is not None and here != first_shape:
+                    _differs(self.path, keys[0], here, first_shape, purpose)
+
+            def alloc(shape, dt, start=start, k=k):
+                target = out(start, k, shape, dt) if out is not None else None
+                return target if target is not None else block.get(shape, dt, reuse=True)
+            images, lab = decoder.decode(values, keys=keys, out=alloc, labels_out=labels[:k])
+            shape = images.shape[1:] if self.layout == "CHW" else \
+                images.shape[-1:] + images.shape[1:-1]
+            if first_shape is None:
+                first_shape = shape
+            elif shape != first_shape:
+                _differs(self.path, keys[0], shape, first_shape, purpose)
+            yield start, images, lab
+
+    def record_shape(self, i=0):
+        """``(shape, dtype, encoded)`` of record ``i`` without decoding it (the shape of an
+        encoded record is None: only decoding tells)."""
+        key = self._keys()[position(i, len(self))]
+        with self.begin() as txn:
+            value = txn.get(key)
+            if value is None:
+                _changed(self.path, key)
+            return record_shape(value, key)
+
+
+_DEFAULTS = dict(channel_order="BGR", layout="CHW", dtype=None, color=None, readahead=False,
+                 lock=False)
+
+
+def _as_key(key):
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    return bytes(key)
+
+
+def _differs(path, key, shape, first, purpose):
+    raise ShapeMismatchError(f"{path}: record {show_key(key)} has shape {shape}, the records "
+                             f"before it {first}: {purpose} need one shape")
+
+
+def _changed(path, key):
+    raise NotADatumDBError(f"{path}: record {show_key(key)} of the key index is gone: the "
+                           "database was modified after it was opened (call refresh())")

@@ -1,0 +1,137 @@
+"""The sink: the one writer of a database, and the output folder's rules.
+
+* Keys go in as given, through the storage engine's writer (:mod:`caffe_lmdb.storage`): one
+  writer, batched commits, a valid prefix after a crash, a map that grows by itself.
+* Nothing but records goes into the database (Caffe's DataLayer would read any extra key).
+  Conversion state for ``--resume`` lives in a sidecar file, ``convert_state.json``, in the
+  database folder beside ``data.mdb``, with the log of skipped samples (``convert.log``).
+* :func:`prepare_output` checks the output folder before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from ..errors import OutputExistsError, OutputPathError, WriteError
+from ..storage.base import open_writer
+from ..storage.lmdb import DEFAULT_MAP_SIZE, LMDBWriter
+
+__all__ = ["LMDBSink", "open_sink", "prepare_output", "read_state", "write_state", "STATE_NAME",
+           "LOG_NAME", "OWN_FILES", "DEFAULT_MAP_SIZE", "crash_point"]
+
+STATE_NAME = "convert_state.json"
+LOG_NAME = "convert.log"
+#: files a converter may leave in a database folder (removed by ``overwrite``)
+OWN_FILES = ("data.mdb", "lock.mdb", STATE_NAME, STATE_NAME + ".tmp", LOG_NAME, "labels.txt")
+
+#: For the crash tests only: ``CAFFE_LMDB_TEST_CRASH_AT="<point>:<n>"`` makes this process kill
+#: itself with SIGKILL (``"<point>:<n>:INT"``: SIGINT, as Ctrl-C) the n-th time it reaches
+#: ``point``: ``put`` (after a record is put), ``commit`` (before a commit), ``committed``
+#: (after it), ``state`` (resume state written to its temporary file, not yet renamed) or
+#: ``saved`` (after the rename).
+CRASH_VARIABLE = "CAFFE_LMDB_TEST_CRASH_AT"
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(point: str) -> None:
+    """Kill this process here when the crash-test variable names this point (see above)."""
+    plan = os.environ.get(CRASH_VARIABLE)
+    if not plan:
+        return
+    name, n, how = (plan + "::").split(":")[:3]
+    if name == point:
+        _crash_counts[point] = _crash_counts.get(point, 0) + 1
+        if _crash_counts[point] == int(n):
+            os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
+
+
+def open_sink(path, backend="lmdb", **options):
+    """The writer of the database at ``path`` (see :mod:`caffe_lmdb.storage`), with the crash
+    points of the tests wired in when their variable is set."""
+    if os.environ.get(CRASH_VARIABLE):
+        options.setdefault("hook", crash_point)
+    return open_writer(os.fspath(path), backend=backend, **options)
+
+
+#: The LMDB engine's writer class (for code that writes an LMDB directly).
+LMDBSink = LMDBWriter
+
+
+def _enclosing_db(path):
+    """The nearest folder above ``path`` that holds a data.mdb, or None."""
+    here = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.isfile(os.path.join(here, "data.mdb")):
+            return here
+        up = os.path.dirname(here)
+        if up == here:
+            return None
+        here = up
+
+
+def prepare_output(path, overwrite=False, resume=False):
+    """Check (and create) an output database folder. Returns True when ``resume`` found an
+    existing database to continue, False when the database starts empty.
+
+    Refuses, with a message saying what to do: a path that is a file; a path inside an existing
+    LMDB; an existing LMDB unless ``overwrite`` (which deletes it) or ``resume``; a non-empty
+    folder that is not an LMDB (never deleted).
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputPathError(f"{path} is a file: an LMDB is a folder (holding data.mdb), "
+                              "so give the name of a folder to create")
+    outer = _enclosing_db(path)
+    if outer is not None:
+        raise OutputPathError(f"{path} is inside the existing LMDB {outer}: write the new "
+                              "database somewhere outside it")
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        return False
+    if os.path.isfile(os.path.join(path, "data.mdb")):
+        if resume:
+            return True
+        if overwrite:
+            for name in OWN_FILES:
+                try:
+                    os.remove(os.path.join(path, name))
+                except FileNotFoundError:
+                    pass
+            return False
+        raise OutputExistsError(f"{path} already holds an LMDB: pass --overwrite "
+                                "(overwrite=True) to replace it, or --resume (resume=True) to "
+                                "finish an interrupted conversion")
+    others = sorted(set(os.listdir(path)) - set(OWN_FILES))
+    if others:
+        raise OutputExistsError(f"{path} is a folder that is not empty and not an LMDB (it "
+                                f"holds {others[0]!r}{' and more' if len(others) > 1 else ''}):"
+                                " choose a new folder name")
+    return False
+
+
+def read_state(path):
+    """The resume state saved beside a database, or None."""
+    try:
+        with open(os.path.join(os.fspath(path), STATE_NAME), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def write_state(path, state):
+    """Save the resume state atomically (a reader sees the old file or the new one)."""
+    target = os.path.join(os.fspath(path), STATE_NAME)
+    tmp = target + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point("state")
+        os.replace(tmp, target)
+    except OSError as exc:  # the previous state stays: a resume redoes a little more
+        raise WriteError.failed(target, exc, state.get("written", 0)) from exc
+    crash_point("saved")
+
+
