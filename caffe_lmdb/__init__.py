@@ -3,6 +3,16 @@
 The codec (arrays and images to and from Datum bytes) is byte-identical to Caffe's C++ tools;
 see the README for the converters and readers.
 """
+from .errors import (
+    CaffeLMDBError,
+    DatumDecodeError,
+    EncodeError,
+    ImageReadError,
+    ListFileError,
+    NotADatumDBError,
+    OutputExistsError,
+    ShapeMismatchError,
+)
 from .format.batch import decode_batch
 from .format.blob import (
     array_to_blobproto,
@@ -23,16 +33,15 @@ from .format.datum import (
     decode,
 )
 from .format.image import encode_image, image_to_datum
-from .errors import (
-    CaffeLMDBError,
-    DatumDecodeError,
-    EncodeError,
-    ImageReadError,
-    ListFileError,
-    NotADatumDBError,
-    OutputExistsError,
-    ShapeMismatchError,
+from .read.reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
+from .tools.features import (
+    FeatureKeyWarning,
+    feature_names,
+    features_to_npy,
+    read_features,
+    write_features,
 )
+from .tools.mean import channel_means, compute_mean
 from .write.convert import (
     DatumWriter,
     Summary,
@@ -42,12 +51,8 @@ from .write.convert import (
     convert_mnist,
     write_arrays,
 )
-from .tools.features import (FeatureKeyWarning, feature_names, features_to_npy, read_features,
-                       write_features)
-from .tools.mean import channel_means, compute_mean
 from .write.merge import merge
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
-from .read.reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
 
 __version__ = "0.1.0"
 

@@ -3,15 +3,15 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest import LIST_FILE_FLAGS, LMDB_FIXTURES, expected, read_lmdb
 
 import caffe_lmdb
+from caffe_lmdb.errors import DatumDecodeError, EncodeError, ImageReadError, ShapeMismatchError
 from caffe_lmdb.format import batch
 from caffe_lmdb.format import datum as codec
 from caffe_lmdb.format.batch import decode_batch
 from caffe_lmdb.format.datum import Datum, array_to_datum, datum_bytes, datum_to_array, decode
 from caffe_lmdb.format.image import encode_image, image_to_datum
-from caffe_lmdb.errors import DatumDecodeError, EncodeError, ImageReadError, ShapeMismatchError
-from conftest import LIST_FILE_FLAGS, LMDB_FIXTURES, expected, read_lmdb
 
 
 def _list_lines(fixtures):

@@ -1,9 +1,9 @@
 """The converter commands: Caffe's gflags spellings, errors as one line, the demo."""
 import pytest
+from conftest import read_lmdb
 
 from caffe_lmdb.cli import main
 from caffe_lmdb.cli.convert import gflags_argv
-from conftest import read_lmdb
 
 
 @pytest.mark.parametrize("flags", [

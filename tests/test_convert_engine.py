@@ -12,12 +12,19 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from conftest import read_lmdb
 
 import caffe_lmdb
+from caffe_lmdb.errors import (
+    ImageReadError,
+    KeyTooLongError,
+    ListFileError,
+    OutputExistsError,
+    OutputPathError,
+    ResumeError,
+    ShapeMismatchError,
+)
 from caffe_lmdb.write import sink
-from caffe_lmdb.errors import (ImageReadError, KeyTooLongError, ListFileError, OutputExistsError,
-                               OutputPathError, ResumeError, ShapeMismatchError)
-from conftest import read_lmdb
 
 SAMPLE = os.path.join(os.path.dirname(caffe_lmdb.__file__), "sample_data")
 

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import read_lmdb
 
 import caffe_lmdb
-from conftest import read_lmdb
 
 # fixture -> the convert_imageset flags that made it (see fixtures/README.md)
 IMAGESET_FLAGS = {

@@ -13,11 +13,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from caffe_lmdb.format import batch
+from caffe_lmdb.errors import DatumDecodeError
 from caffe_lmdb.format import datum as codec
 from caffe_lmdb.format.batch import decode_batch
 from caffe_lmdb.format.datum import Datum, datum_bytes, decode, parse_datum
-from caffe_lmdb.errors import DatumDecodeError
 
 # CAFFE_LMDB_FUZZ_EXAMPLES raises the count for a long run (scripts or by hand).
 SETTINGS = settings(max_examples=int(os.environ.get("CAFFE_LMDB_FUZZ_EXAMPLES", "400")),

@@ -5,16 +5,20 @@ import warnings
 
 import numpy as np
 import pytest
-
-import caffe_lmdb
-from caffe_lmdb.tools import features
-from caffe_lmdb.errors import NotADatumDBError, ShapeMismatchError
-from caffe_lmdb.tools.features import (FeatureKeyWarning, feature_names, features_to_npy,
-                                 read_features, write_features)
-from caffe_lmdb.format.blob import read_mean
-
 from conftest import expected, read_lmdb
 from helpers import float_db, write_lmdb
+
+import caffe_lmdb
+from caffe_lmdb.errors import NotADatumDBError, ShapeMismatchError
+from caffe_lmdb.format.blob import read_mean
+from caffe_lmdb.tools import features
+from caffe_lmdb.tools.features import (
+    FeatureKeyWarning,
+    feature_names,
+    features_to_npy,
+    read_features,
+    write_features,
+)
 
 BLOBS = ["features_data_lmdb", "features_pool1_lmdb", "features_ip1_lmdb",
          "features_label_lmdb"]

@@ -1,15 +1,14 @@
 """info, verify and export (Python API and CLI) on Caffe's fixtures and on broken LMDBs."""
 import numpy as np
 import pytest
+from conftest import expected, read_lmdb
+from helpers import float_db, images_db, write_lmdb
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
-from caffe_lmdb.format.datum import datum_bytes
 from caffe_lmdb.errors import CaffeLMDBError, OutputExistsError
+from caffe_lmdb.format.datum import datum_bytes
 from caffe_lmdb.tools.dbinfo import export, info, verify
-
-from conftest import expected, read_lmdb
-from helpers import float_db, images_db, write_lmdb
 
 
 def test_info_on_imageset(fixtures):

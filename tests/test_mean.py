@@ -2,14 +2,13 @@
 import lmdb
 import numpy as np
 import pytest
-
-import caffe_lmdb
-from caffe_lmdb.format.datum import datum_bytes
-from caffe_lmdb.format.blob import mean_bytes, read_mean
-from caffe_lmdb.tools.mean import channel_means, compute_mean
-
 from conftest import expected
 from helpers import write_lmdb
+
+import caffe_lmdb
+from caffe_lmdb.format.blob import mean_bytes, read_mean
+from caffe_lmdb.format.datum import datum_bytes
+from caffe_lmdb.tools.mean import channel_means, compute_mean
 
 
 @pytest.mark.parametrize("db,mean_file", [

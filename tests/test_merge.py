@@ -2,14 +2,13 @@
 import os
 
 import pytest
-
-import caffe_lmdb
-from caffe_lmdb.storage.lmdb import LMDBWriter
-from caffe_lmdb.write import merge as merging
-from caffe_lmdb.cli import main
-from caffe_lmdb.errors import (KeyRangeError, NotADatumDBError, OptionError, OutputExistsError)
 from conftest import read_lmdb
 from helpers import images_db, write_lmdb
+
+import caffe_lmdb
+from caffe_lmdb.cli import main
+from caffe_lmdb.errors import KeyRangeError, NotADatumDBError, OptionError, OutputExistsError
+from caffe_lmdb.storage.lmdb import LMDBWriter
 
 
 @pytest.fixture

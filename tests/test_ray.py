@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import read_lmdb
+from test_convert_fixtures import IMAGESET_FLAGS
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
 from caffe_lmdb.errors import ClusterError, MissingDependencyError
 from caffe_lmdb.write.ray import RayExecutor
-from conftest import read_lmdb
-from test_convert_fixtures import IMAGESET_FLAGS
 
 
 @pytest.fixture(scope="module")

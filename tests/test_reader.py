@@ -5,14 +5,13 @@ import pickle
 import lmdb
 import numpy as np
 import pytest
+from conftest import LMDB_FIXTURES, expected, read_lmdb
+from helpers import images_db, write_lmdb
 
 import caffe_lmdb
 from caffe_lmdb import NotADatumDBError, ShapeMismatchError
 from caffe_lmdb.format.datum import datum_bytes
 from caffe_lmdb.format.image import encode_image
-
-from conftest import LMDB_FIXTURES, expected, read_lmdb
-from helpers import images_db, write_lmdb
 
 UNIFORM = ["imageset_raw_32x32", "imageset_gray_24x20", "imageset_encoded_png_32x32",
            "mnist_lmdb", "cifar10_test_head_lmdb", "cifar10_train_sample_lmdb",

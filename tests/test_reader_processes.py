@@ -6,10 +6,9 @@ import multiprocessing as mp
 import lmdb
 import numpy as np
 import pytest
+from helpers import images_db, read_all, read_shard
 
 import caffe_lmdb
-
-from helpers import images_db, read_all, read_shard
 
 
 def _expected(images, labels):

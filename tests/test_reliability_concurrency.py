@@ -19,11 +19,11 @@ import sys
 import lmdb
 import numpy as np
 import pytest
+from conftest import read_lmdb
 
 import caffe_lmdb
 from caffe_lmdb.storage import lmdb as lmdb_engine
 from caffe_lmdb.write import sink
-from conftest import read_lmdb
 
 
 def record(i):

@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import pytest
+from conftest import read_lmdb
 
 import caffe_lmdb
-from caffe_lmdb.write import sink
 from caffe_lmdb.cli import main as cli_main
 from caffe_lmdb.tools.dbinfo import verify
-from conftest import read_lmdb
+from caffe_lmdb.write import sink
 
 CRASH_SEED = int(os.environ.get("CAFFE_LMDB_CRASH_SEED", "20240521"))
 CI_TRIALS = 24

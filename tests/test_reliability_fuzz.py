@@ -28,22 +28,28 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from conftest import LMDB_FIXTURES, read_lmdb
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_decode_property import check_agrees, fields_of, reference
 
-from caffe_lmdb.format import batch
+from caffe_lmdb.errors import (
+    CaffeLMDBError,
+    DatumDecodeError,
+    ImageReadError,
+    KeyTooLongError,
+    ListFileError,
+    NotADatumDBError,
+    ShapeMismatchError,
+    SourceFormatError,
+)
 from caffe_lmdb.format import datum as codec
 from caffe_lmdb.format.batch import decode_batch
 from caffe_lmdb.format.datum import datum_bytes, decode
-from caffe_lmdb.errors import (CaffeLMDBError, DatumDecodeError, ImageReadError, KeyTooLongError,
-                               ListFileError, NotADatumDBError, ShapeMismatchError,
-                               SourceFormatError)
 from caffe_lmdb.format.imagesize import check_image
 from caffe_lmdb.tools.dbinfo import verify
 from caffe_lmdb.write.sources import CifarSource, ListFileSource, MnistSource, parse_list_line
-from conftest import LMDB_FIXTURES, read_lmdb
-from google.protobuf.message import DecodeError
-from test_decode_property import check_agrees, fields_of, reference
 
 # --------------------------------------------------------------------------------------------
 # Seeds and mutations

@@ -11,15 +11,15 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from conftest import read_lmdb
+from test_reliability_crash import check_prefix, make_workload
 
 import caffe_lmdb
-from caffe_lmdb.write import sink
 from caffe_lmdb.cli import main as cli_main
 from caffe_lmdb.errors import ImageTooLargeError, NotADatumDBError, WriteError
 from caffe_lmdb.format.imagesize import DEFAULT_MAX_PIXELS, check_image, declared_size
 from caffe_lmdb.tools.dbinfo import verify
-from conftest import read_lmdb
-from test_reliability_crash import check_prefix, make_workload
+from caffe_lmdb.write import sink
 
 # --------------------------------------------------------------------------------------------
 # Decompression bombs

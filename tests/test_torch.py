@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from conftest import expected  # noqa: E402
+from helpers import images_db, to_float, write_lmdb  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import caffe_lmdb  # noqa: E402
 from caffe_lmdb.format.datum import datum_bytes  # noqa: E402
 from caffe_lmdb.torch import DatumDataset  # noqa: E402
-
-from conftest import expected  # noqa: E402
-from helpers import images_db, to_float, write_lmdb  # noqa: E402
 
 
 def test_import_caffe_lmdb_does_not_import_torch():

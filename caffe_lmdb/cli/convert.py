@@ -8,8 +8,8 @@ import os
 import re
 import sys
 
-from ..write import convert as api
 from ..errors import CaffeLMDBError
+from ..write import convert as api
 from ..write.executors import default_workers
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -61,7 +61,8 @@ def gflags_argv(argv):
     return out
 
 
-def _bool(parser, name, help_):
+def flag(parser, name, help_):
+    """--name (and a hidden --no-name) as a boolean option."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(f"--{name}", dest=name, action="store_true", help=help_)
     group.add_argument(f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
@@ -69,9 +70,9 @@ def _bool(parser, name, help_):
 
 def _common(p):
     """Flags of every converter: output handling, workers, progress."""
-    _bool(p, "overwrite", "replace an existing output database")
-    _bool(p, "resume", "finish an interrupted conversion of the same inputs and options")
-    _bool(p, "quiet", "no progress bar and no summary (errors are still printed)")
+    flag(p, "overwrite", "replace an existing output database")
+    flag(p, "resume", "finish an interrupted conversion of the same inputs and options")
+    flag(p, "quiet", "no progress bar and no summary (errors are still printed)")
     p.add_argument("--backend", default="lmdb", help="only lmdb (Caffe's leveldb is not "
                    "supported)")
     p.add_argument("--map_size", type=int, default=None, metavar="BYTES",
@@ -93,18 +94,18 @@ def _common(p):
 
 
 def _image_flags(p):
-    _bool(p, "gray", "decode images as one gray channel")
-    _bool(p, "shuffle", "shuffle the order of the samples (reproducible with --seed)")
+    flag(p, "gray", "decode images as one gray channel")
+    flag(p, "shuffle", "shuffle the order of the samples (reproducible with --seed)")
     p.add_argument("--seed", type=int, default=None, help="seed of --shuffle's permutation")
     p.add_argument("--resize_height", type=int, default=0, metavar="H",
                    help="resize images to H x W (both must be > 0)")
     p.add_argument("--resize_width", type=int, default=0, metavar="W")
-    _bool(p, "check_size", "fail when raw records differ in shape")
-    _bool(p, "encoded", "store the encoded image (the file's own bytes when possible)")
+    flag(p, "check_size", "fail when raw records differ in shape")
+    flag(p, "encoded", "store the encoded image (the file's own bytes when possible)")
     p.add_argument("--encode_type", default="", metavar="TYPE",
                    help="encode as this type (jpg, png, ...); implies --encoded")
-    _bool(p, "index_keys", "keys %%08d only, without the path (for paths too long for LMDB)")
-    _bool(p, "strict", "stop at the first unreadable image instead of skipping it")
+    flag(p, "index_keys", "keys %%08d only, without the path (for paths too long for LMDB)")
+    flag(p, "strict", "stop at the first unreadable image instead of skipping it")
     p.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="skip an image whose decoding takes longer (default %(default)g)")
     p.add_argument("--max_pixels", type=int, default=api.DEFAULT_MAX_PIXELS, metavar="N",
@@ -155,7 +156,7 @@ def register(sub):
                        "print the summary")
     p.add_argument("out", nargs="?", default="sample_lmdb", metavar="OUT")
     p.add_argument("--workers", type=int, default=None)
-    _bool(p, "quiet", "no progress bar")
+    flag(p, "quiet", "no progress bar")
     p.set_defaults(func=_demo)
 
 
@@ -176,7 +177,8 @@ def _progress(args, what):
     return update, bar
 
 
-def _with_progress(args, what, call):
+def with_progress(args, what, call):
+    """Run call(progress) with a progress bar unless --quiet; on Ctrl-C say how to resume."""
     update, bar = _progress(args, what)
     try:
         return call(update)
@@ -243,7 +245,7 @@ def _converter(name, images, call):
     def command(args):
         _check_backend(args)
         opts = _options(args, images)
-        result = _with_progress(args, name, lambda progress: call(args, dict(opts,
+        result = with_progress(args, name, lambda progress: call(args, dict(opts,
                                                                              progress=progress)))
         if not args.quiet:
             for summary in (result if isinstance(result, tuple) else [result]):
@@ -260,7 +262,7 @@ def _demo(args):
     state = read_state(out) if os.path.isdir(out) else None
     again = bool(state and (state.get("job") or {}).get("demo"))  # replace our own demo only
     root = SAMPLE_DIR + os.sep
-    summary = _with_progress(args, "demo", lambda progress: api.run(
+    summary = with_progress(args, "demo", lambda progress: api.run(
         _DemoSource(root), out, job="demo", workers=args.workers, overwrite=again,
         progress=progress))
     print(summary)

@@ -1,6 +1,6 @@
 """The ``merge`` command: ``caffe-lmdb merge OUT IN1 IN2 ...`` (see :mod:`caffe_lmdb.merging`)."""
 from ..write.merge import merge
-from .convert import _bool, _with_progress
+from .convert import flag, with_progress
 
 
 def register(sub):
@@ -12,13 +12,13 @@ def register(sub):
         "is complete."))
     p.add_argument("out", metavar="OUT", help="the merged LMDB folder to create")
     p.add_argument("inputs", nargs="+", metavar="IN", help="LMDB folders, in key order")
-    _bool(p, "overwrite", "replace an existing OUT (only once the merge is complete)")
-    _bool(p, "quiet", "no progress bar and no summary (errors are still printed)")
+    flag(p, "overwrite", "replace an existing OUT (only once the merge is complete)")
+    flag(p, "quiet", "no progress bar and no summary (errors are still printed)")
     p.set_defaults(func=_merge)
 
 
 def _merge(args):
-    summary = _with_progress(args, "merge", lambda progress: merge(
+    summary = with_progress(args, "merge", lambda progress: merge(
         args.out, args.inputs, overwrite=args.overwrite, progress=progress))
     if not args.quiet:
         print(summary)

@@ -3,11 +3,11 @@ import os
 
 import numpy as np
 
-from ..tools import features as _features
-from ..tools import dbinfo as _inspect
 from ..format.blob import write_mean
+from ..tools import dbinfo as _inspect
+from ..tools import features as _features
 from ..tools.mean import channel_means, compute_mean
-from .convert import _with_progress
+from .convert import with_progress
 
 
 def register(sub):
@@ -54,14 +54,14 @@ def _command(sub, name, func, help):
 
 
 def _info(args):
-    report = _with_progress(args, "info", lambda progress: _inspect.info(
+    report = with_progress(args, "info", lambda progress: _inspect.info(
         args.db, decode_images=args.decode, progress=progress))
     print(report)
     return 0
 
 
 def _verify(args):
-    report = _with_progress(args, "verify", lambda progress: _inspect.verify(
+    report = with_progress(args, "verify", lambda progress: _inspect.verify(
         args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed))
     print(report)
     if report.ok:
@@ -72,17 +72,17 @@ def _verify(args):
 
 
 def _export(args):
-    n = _with_progress(args, "export", lambda progress: _inspect.export(
+    n = with_progress(args, "export", lambda progress: _inspect.export(
         args.db, args.out, npz=args.npz, progress=progress))
     where = args.out if not args.npz or args.out.endswith(".npz") else args.out + ".npz"
-    print(f"{args.db} -> {where}: {n} records" + ("" if args.npz else
-                                                    f", list file {os.path.join(where, 'list.txt')}"))
+    listing = "" if args.npz else f", list file {os.path.join(where, 'list.txt')}"
+    print(f"{args.db} -> {where}: {n} records{listing}")
     return 0
 
 
 def _features_cmd(args):
     if args.out:
-        shape, indices = _with_progress(args, "features", lambda progress: (
+        shape, indices = with_progress(args, "features", lambda progress: (
             _features.features_to_npy(args.db, args.out, flat=args.flat, progress=progress)))
         print(f"{args.db} -> {args.out}: float32 {shape}")
     else:
@@ -104,7 +104,7 @@ def _features_cmd(args):
 def _compute_mean(args):
     if not args.out and not args.npy:
         args.out = "mean.binaryproto"
-    mean = _with_progress(args, "compute-mean", lambda progress: compute_mean(
+    mean = with_progress(args, "compute-mean", lambda progress: compute_mean(
         args.db, progress=progress))
     if args.out:
         write_mean(mean, args.out)

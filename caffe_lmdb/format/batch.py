@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ _U8 = np.dtype(np.uint8)
 _F4 = np.dtype("<f4")
 
 Allocator = Callable[[tuple, np.dtype], np.ndarray]
-Output = Union[None, np.ndarray, Allocator]
+Output = None | np.ndarray | Allocator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +168,8 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
     differ, e.g. labels of 1 and 2 bytes, padded to one width), one strided view, one comparison
     of the headers, one copy of the payloads (split across cores when large).
     Returns False when any record differs, or the first is bad: the caller then parses (and
-    writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when not None, is the dtype
-    every record must hold."""
+    writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when
+    not None, is the dtype every record must hold."""
     try:
         shape = shape_of(f0)
     except DatumDecodeError:
@@ -246,8 +246,8 @@ _SPLIT_BYTES = 1 << 20
 
 def _split_rows(fn, n, nbytes):
     """fn(a, b) over rows [0, n): on one thread per core, 1 MiB of rows or more each, when the
-    rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when every call
-    returned True."""
+    rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when
+    every call returned True."""
     if nbytes < 2 * _SPLIT_BYTES:  # (checked first: os.cpu_count() costs some 8 us a call)
         return fn(0, n)
     parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
@@ -255,7 +255,7 @@ def _split_rows(fn, n, nbytes):
         return fn(0, n)
     bounds = [n * k // parts for k in range(parts + 1)]
     pool = image_pool()
-    futures = [pool.submit(fn, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    futures = [pool.submit(fn, a, b) for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
     ok = fn(bounds[0], bounds[1])
     return all([f.result() for f in futures]) and ok
 
@@ -322,7 +322,7 @@ class BatchDecoder:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def decode(self, values: Sequence | Iterable[Sequence], n: int | None = None,
+    def decode(self, values: Any, n: int | None = None,
                keys: Any = None, out: Output = None, labels_out: np.ndarray | None = None,
                chunked: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Decode ``n`` records into one batch.

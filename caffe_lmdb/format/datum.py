@@ -356,9 +356,9 @@ def _raw_tail_label(buf, pos, end, label):
         if b1 < 0x80:
             if rest == 2 or (rest == 4 and buf[pos + 2] == 0x38 and buf[pos + 3] == 0):
                 return b1
-        elif rest in (3, 5) and buf[pos + 2] < 0x80:
-            if rest == 3 or (buf[pos + 3] == 0x38 and buf[pos + 4] == 0):
-                return (b1 & 0x7F) | (buf[pos + 2] << 7)
+        elif rest in (3, 5) and buf[pos + 2] < 0x80 \
+                and (rest == 3 or (buf[pos + 3] == 0x38 and buf[pos + 4] == 0)):
+            return (b1 & 0x7F) | (buf[pos + 2] << 7)
         return None
     if rest == 2 and buf[pos] == 0x38 and buf[pos + 1] == 0:
         return label

@@ -161,9 +161,9 @@ def _sun(f, head):
 def _hdr(f, head):
     for line in head.split(b"\n")[1:]:  # header lines, a blank line, then "-Y h +X w"
         parts = line.split()
-        if len(parts) == 4 and parts[0][1:] == b"Y" and parts[2][1:] == b"X":
-            if parts[1].isdigit() and parts[3].isdigit():
-                return int(parts[3]), int(parts[1])
+        if len(parts) == 4 and parts[0][1:] == b"Y" and parts[2][1:] == b"X" \
+                and parts[1].isdigit() and parts[3].isdigit():
+            return int(parts[3]), int(parts[1])
     return None
 
 

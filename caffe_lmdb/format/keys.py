@@ -61,4 +61,4 @@ def unpadded_numeric(keys):
         if not key.isdigit():
             return False
         nums.append(int(key))
-    return any(a > b for a, b in zip(nums, nums[1:]))
+    return any(a > b for a, b in zip(nums, nums[1:], strict=False))

@@ -82,7 +82,7 @@ class PackedKeys(Sequence):
         ends = self.ends[positions].tolist()
         starts = np.where(positions > 0, self.ends[positions - 1], 0).tolist()
         blob = self.blob
-        return [blob[a:b] for a, b in zip(starts, ends)]
+        return [blob[a:b] for a, b in zip(starts, ends, strict=True)]
 
     def find(self, key):
         i = bisect.bisect_left(self, key)

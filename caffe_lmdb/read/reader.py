@@ -28,6 +28,7 @@ How the database is opened, and what it means:
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import sys
 from itertools import islice
@@ -227,10 +228,8 @@ class DatumDB:
         self._store.close()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __enter__(self):
         return self

@@ -24,8 +24,14 @@ import threading
 
 import lmdb
 
-from ..errors import (DuplicateKeyError, KeyTooLongError, NotADatumDBError, ResumeError,
-                      WriteError, show_key)
+from ..errors import (
+    DuplicateKeyError,
+    KeyTooLongError,
+    NotADatumDBError,
+    ResumeError,
+    WriteError,
+    show_key,
+)
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
            "DEFAULT_MAP_SIZE"]

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import (
+    CaffeLMDBError,
+    DatumDecodeError,
+    OutputExistsError,
+    show_key,
+)
 from ..format import keys as _keys
 from ..format.datum import decode, parse_datum
-from ..errors import (CaffeLMDBError, DatumDecodeError, OutputExistsError, ShapeMismatchError,
-                     show_key)
-from ..messages import human_bytes
 from ..format.sniff import describe_bytes, image_format
+from ..messages import human_bytes
 from ..read.reader import DatumDB
 from ..read.reader import open as open_db
 
@@ -61,11 +65,11 @@ class DBInfo:
     first_keys: list = field(default_factory=list)
     last_keys: list = field(default_factory=list)
     numbered: int = 0          # keys with a leading number
-    number_range: tuple = None
+    number_range: tuple | None = None
     gaps: list = field(default_factory=list)   # missing numbers (first ones)
     gap_count: int = 0
     unpadded: bool = False
-    out_of_order: tuple = None  # two neighbouring keys whose numbers go down
+    out_of_order: tuple | None = None  # two neighbouring keys whose numbers go down
     kinds: Counter = field(default_factory=Counter)
     shapes: Counter = field(default_factory=Counter)
     first_key_of_shape: dict = field(default_factory=dict)
@@ -198,7 +202,7 @@ class _Scan:
             except DatumDecodeError as exc:
                 return None, str(exc)
 
-        for key, (shape, error) in zip(keys, self.pool.map(one, values)):
+        for key, (shape, error) in zip(keys, self.pool.map(one, values), strict=True):
             if error is not None:
                 self.problem("decode", key, error)
             else:
@@ -304,8 +308,9 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
                      "numeric order; a list of labels kept beside this database is out of step "
                      "with it (write keys with %08d)")
     if len(report.shapes) > 1:
-        shown = ", ".join(f"{'x'.join(map(str, s))} x {n} (first {show_key(report.first_key_of_shape[s])})"
-                          for s, n in report.shapes.most_common(5))
+        shown = ", ".join(
+            f"{'x'.join(map(str, s))} x {n} (first {show_key(report.first_key_of_shape[s])})"
+            for s, n in report.shapes.most_common(5))
         scan.problem("shape", None,
                      f"records have {len(report.shapes)} different shapes: {shown}; Caffe's "
                      "DataLayer needs one shape for a batch (resize when converting)")
@@ -394,7 +399,7 @@ def export(source, out, npz=False, list_name="list.txt", progress=None):
         for start, values in db.value_chunks(_CHUNK):
             keys = index[start:start + len(values)]
             files = list(pool.map(_image_file, values, keys))
-            for j, (key, (fmt, data, label)) in enumerate(zip(keys, files)):
+            for j, (key, (fmt, data, label)) in enumerate(zip(keys, files, strict=True)):
                 name = _with_extension(_relative_name(key), fmt)
                 if name in used or name == list_name:
                     stem, ext = os.path.splitext(name)

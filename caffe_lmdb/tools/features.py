@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import NotADatumDBError, show_key
 from ..format.datum import datum_bytes, parse_datum
-from ..errors import NotADatumDBError, ShapeMismatchError, show_key
-from ..read.keyindex import DenseKeys, RangeKeys
+from ..read.keyindex import DenseKeys
 from ..read.reader import DatumDB
 from ..read.reader import open as open_db
 from ..write.sources import parse_list_line
@@ -183,7 +183,7 @@ def _prefault(out):
     pool = ThreadPoolExecutor(1, thread_name_prefix="caffe_lmdb-prefault")
     bounds = list(range(0, rows, step)) + [rows]
     pending = [(b, pool.submit(_touch_pages, flat, a * row_bytes, b * row_bytes))
-               for a, b in zip(bounds, bounds[1:])]
+               for a, b in zip(bounds, bounds[1:], strict=False)]
     pool.shutdown(wait=False)
 
     def ready(stop):

@@ -15,26 +15,30 @@ and after a crash it holds a valid prefix that ``resume=True`` completes.
 The functions here never print: pass ``progress=callable(done, total)`` for progress, and read
 the returned :class:`Summary`.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ImageReadError, OptionError, ResumeError, ShapeMismatchError, SourceFormatError
 from ..format.datum import array_to_datum_bytes, parse_datum
-from .encode import Skip, encode_many
-from ..errors import (ImageReadError, OptionError, ResumeError, ShapeMismatchError,
-                     SourceFormatError)
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import index_key
+from .encode import Skip, encode_many
 from .executors import InlineExecutor, make_executor, ordered_map, prefetch
-from .sink import (DEFAULT_MAP_SIZE, LOG_NAME, open_sink, prepare_output, read_state,
-                   write_state)
+from .sink import DEFAULT_MAP_SIZE, LOG_NAME, open_sink, prepare_output, read_state, write_state
+from .sources import (
+    ArraySource,
+    CifarSource,
+    FolderSource,
+    ImageOptions,
+    ListFileSource,
+    MnistSource,
+)
 from .summary import Summary
-from .sources import (ArraySource, CifarSource, FolderSource, ImageOptions, ListFileSource,
-                      MnistSource)
 
 __all__ = ["Summary", "run", "convert_imageset", "convert_folder", "convert_mnist",
            "convert_cifar", "write_arrays", "DatumWriter", "targets_db_path", "ShardSource",
@@ -182,113 +186,144 @@ def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, stri
          check_size=False, timeout=DEFAULT_TIMEOUT, progress=None, map_size=DEFAULT_MAP_SIZE,
          commit_every=1000, targets=False, files=None):
     t0 = time.perf_counter()
-    path = os.fspath(path)
-    fingerprint = _normalize({"job": job, **(source.fingerprint() or {}),
-                              "check_size": bool(check_size), "targets": bool(targets)})
-    tpath = targets_db_path(path) if targets else None
-    resuming = prepare_output(path, overwrite=overwrite, resume=resume)
-    if tpath and prepare_output(tpath, overwrite=overwrite, resume=resume) != resuming:
-        raise ResumeError(f"{path} and {tpath} must be resumed together, but only one of them "
-                          "exists; use --overwrite to convert both again")
-    for name, text in (files or {}).items():
-        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-            f.write(text)
-    if resuming:
-        state = _load_resume(path, fingerprint)
-    else:
-        state = {"version": 1, "job": fingerprint, "next_index": 0, "bytes": 0,
-                 "skipped": [], "first_shape": None, "done": False}
-        # saved before data.mdb exists: a run killed before its first commit can be resumed
-        write_state(path, state)
-    start = state["next_index"]
-    skipped = [Skip(i, k.encode("utf-8", "surrogateescape"), w, r)
-               for i, k, w, r in state["skipped"] if i < start]  # later ones come again
-    log_path = os.path.join(path, LOG_NAME)
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"# caffe-lmdb {job}: samples that gave no record (tab-separated: "
-                  "where, key, reason)\n")
-        log.writelines(_skip_line(s) for s in skipped)
-    sink = open_sink(path, map_size=map_size, commit_every=commit_every)
-    tsink = open_sink(tpath, map_size=map_size, commit_every=commit_every) if tpath else None
-    summary = Summary(path=path, total=len(source), resumed_from=start, targets_path=tpath,
-                      log_path=log_path)
-    done = start
-    value_bytes = state["bytes"]
-    first_shape = state["first_shape"]
+    conversion = _Conversion(source, os.fspath(path), job=job, overwrite=overwrite,
+                             resume=resume, check_size=check_size, targets=targets, files=files)
+    with conversion.open_outputs(map_size, commit_every):
+        conversion.run(ex, strict=strict, timeout=timeout, progress=progress)
+    return conversion.summary(time.perf_counter() - t0)
 
-    def save(final=False):
-        sink.commit()
-        if tsink is not None:
-            tsink.commit()
-        state.update(next_index=done, bytes=value_bytes, first_shape=first_shape, done=final,
-                     written=sink.entries,
-                     skipped=[[s.index, s.key.decode("utf-8", "surrogateescape"), s.where,
-                               s.reason] for s in skipped])
-        write_state(path, state)
 
-    def on_fail(chunk, reason):
-        """A task that timed out or lost its worker: with several samples, find the one at
-        fault by running them one at a time."""
-        if len(chunk) == 1:
-            return _skip_chunk(chunk, reason)
-        singles = ordered_map(encode_many, ([s] for s in chunk), ex, timeout=timeout,
-                              on_fail=_skip_chunk, describe=_describe_chunk)
-        return [rec for single in singles for rec in single]
+class _Conversion:
+    """One run of a conversion: its outputs (the database, the targets database, the log of
+    skipped samples), its resume state, and the loop that writes the encoded records in order.
 
-    log = open(log_path, "a", encoding="utf-8")
-    try:
+    The resume state is the JSON document saved beside the database (``convert_state.json``):
+    the job's fingerprint, the next sample to encode, the bytes and skips so far."""
+
+    def __init__(self, source, path, *, job, overwrite, resume, check_size, targets, files):
+        self.source, self.path = source, path
+        self.check_size = check_size
+        fingerprint = _normalize({"job": job, **(source.fingerprint() or {}),
+                                  "check_size": bool(check_size), "targets": bool(targets)})
+        self.tpath = targets_db_path(path) if targets else None
+        self.resuming = prepare_output(path, overwrite=overwrite, resume=resume)
+        if self.tpath and prepare_output(self.tpath, overwrite=overwrite,
+                                         resume=resume) != self.resuming:
+            raise ResumeError(f"{path} and {self.tpath} must be resumed together, but only one "
+                              "of them exists; use --overwrite to convert both again")
+        for name, text in (files or {}).items():
+            with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        if self.resuming:
+            self.state = _load_resume(path, fingerprint)
+        else:
+            self.state = {"version": 1, "job": fingerprint, "next_index": 0, "bytes": 0,
+                          "skipped": [], "first_shape": None, "done": False}
+            # saved before data.mdb exists: a run killed before its first commit can be resumed
+            write_state(path, self.state)
+        self.start = self.done = self.state["next_index"]
+        self.value_bytes = self.state["bytes"]
+        self.first_shape = self.state["first_shape"]
+        self.skipped = [Skip(i, k.encode("utf-8", "surrogateescape"), w, r)
+                        for i, k, w, r in self.state["skipped"] if i < self.start]
+        self.log_path = os.path.join(path, LOG_NAME)
+        with open(self.log_path, "w", encoding="utf-8") as log:  # later skips come again
+            log.write(f"# caffe-lmdb {job}: samples that gave no record (tab-separated: "
+                      "where, key, reason)\n")
+            log.writelines(_skip_line(s) for s in self.skipped)
+        self.sink = self.tsink = self.log = None
+
+    @contextlib.contextmanager
+    def open_outputs(self, map_size, commit_every):
+        """The sinks and the log, open for the run; on any error or interrupt the records
+        before it are committed (a valid, resumable prefix) before they close."""
+        self.sink = open_sink(self.path, map_size=map_size, commit_every=commit_every)
+        try:
+            if self.tpath:
+                self.tsink = open_sink(self.tpath, map_size=map_size, commit_every=commit_every)
+            with open(self.log_path, "a", encoding="utf-8") as self.log:
+                try:
+                    yield self
+                except BaseException:
+                    self._save_after_failure()
+                    raise
+        finally:
+            self.sink.env.close()
+            if self.tsink is not None:
+                self.tsink.env.close()
+
+    def _save_after_failure(self):
+        # The failure being raised is the one to report (a full disk fails this save too, for
+        # the same reason); the last saved state stays valid, and --resume redoes a little more.
+        with contextlib.suppress(Exception):
+            self.save()
+
+    def save(self, final=False):
+        self.log.flush()
+        self.sink.commit()
+        if self.tsink is not None:
+            self.tsink.commit()
+        self.state.update(next_index=self.done, bytes=self.value_bytes,
+                          first_shape=self.first_shape, done=final, written=self.sink.entries,
+                          skipped=[[s.index, s.key.decode("utf-8", "surrogateescape"), s.where,
+                                    s.reason] for s in self.skipped])
+        write_state(self.path, self.state)
+
+    def run(self, ex, strict, timeout, progress):
+        total = len(self.source)
+
+        def on_fail(chunk, reason):
+            """A task that timed out or lost its worker: with several samples, find the one
+            at fault by running them one at a time."""
+            if len(chunk) == 1:
+                return _skip_chunk(chunk, reason)
+            singles = ordered_map(encode_many, ([s] for s in chunk), ex, timeout=timeout,
+                                  on_fail=_skip_chunk, describe=_describe_chunk)
+            return [rec for single in singles for rec in single]
+
         if progress is not None:
-            progress(done, summary.total)
+            progress(self.done, total)
         # a cluster executor wants bigger tasks than one image (its per-task cost is higher)
-        chunks = _chunked(source.samples(start), max(source.chunk, getattr(ex, "chunk", 1)))
+        chunks = _chunked(self.source.samples(self.start),
+                          max(self.source.chunk, getattr(ex, "chunk", 1)))
         results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=on_fail,
                               describe=_describe_chunk)
         if not isinstance(ex, InlineExecutor):
             # the workers run on while a commit waits for the disk
-            results = prefetch(results, sink.commit_bytes, _batch_bytes)
+            results = prefetch(results, self.sink.commit_bytes, _batch_bytes)
         for batch in results:
             for rec in batch:
-                if isinstance(rec, Skip):
-                    if strict:
-                        raise ImageReadError(f"{rec.where}: {rec.reason} (--strict stops at the "
-                                             "first sample that cannot be read)")
-                    skipped.append(rec)
-                    log.write(_skip_line(rec))
-                else:
-                    if check_size:
-                        first_shape = _check_size(rec, first_shape)
-                    sink.put(rec.key, rec.value, replace=resuming)
-                    if tsink is not None:
-                        tsink.put(rec.key, rec.targets, replace=resuming)
-                    value_bytes += len(rec.value)
-                done = rec.index + 1
-                if sink.batch_full or (tsink is not None and tsink.batch_full):
-                    log.flush()
-                    save()
+                self.consume(rec, strict)
             if progress is not None:
-                progress(done, summary.total)
-        done = summary.total
-        log.flush()
-        save(final=True)
-    except BaseException:
-        try:  # keep every complete record before the failure: a valid, resumable prefix
-            log.flush()
-            save()
-        except Exception:
-            pass
-        raise
-    finally:
-        log.close()
-        sink.env.close()
-        if tsink is not None:
-            tsink.env.close()
-    summary.written = sink.entries
-    summary.skipped = skipped
-    summary.bytes = value_bytes
-    summary.file_bytes = sink.file_size()
-    summary.map_grown = sink.grown
-    summary.seconds = time.perf_counter() - t0
-    return summary
+                progress(self.done, total)
+        self.done = total
+        self.save(final=True)
+
+    def consume(self, rec, strict):
+        """Write one encoded record (or log one skipped sample), in sample order."""
+        if isinstance(rec, Skip):
+            if strict:
+                raise ImageReadError(f"{rec.where}: {rec.reason} (--strict stops at the first "
+                                     "sample that cannot be read)")
+            self.skipped.append(rec)
+            self.log.write(_skip_line(rec))
+        else:
+            if self.check_size:
+                self.first_shape = _check_size(rec, self.first_shape)
+            self.sink.put(rec.key, rec.value, replace=self.resuming)
+            if self.tsink is not None:
+                self.tsink.put(rec.key, rec.targets, replace=self.resuming)
+            self.value_bytes += len(rec.value)
+        self.done = rec.index + 1
+        if self.sink.batch_full or (self.tsink is not None and self.tsink.batch_full):
+            self.save()
+
+    def summary(self, seconds):
+        return Summary(path=self.path, total=len(self.source), resumed_from=self.start,
+                       targets_path=self.tpath, log_path=self.log_path,
+                       written=self.sink.entries, skipped=self.skipped, bytes=self.value_bytes,
+                       file_bytes=self.sink.file_size(), map_grown=self.sink.grown,
+                       seconds=seconds)
 
 
 def _check_size(rec, first_shape):

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ImageReadError
 from ..format.datum import array_to_datum_bytes, datum_bytes
 from ..format.image import encode_image
-from ..errors import ImageReadError
 from ..format.imagesize import check_image
 from .sources import ArraySample, ImageSample, Keyed, RawSample
 
@@ -24,7 +24,7 @@ class Record(Keyed):
     """An encoded sample: ``value`` goes under ``key``; ``targets`` (multi-target lists) is the
     float Datum for the companion targets DB, under the same key."""
     value: bytes
-    targets: bytes = None
+    targets: bytes | None = None
 
 
 @dataclass(frozen=True)

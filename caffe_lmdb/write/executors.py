@@ -36,16 +36,10 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 
 from ..errors import WorkerError
-
-try:
-    from concurrent.futures import BrokenExecutor
-except ImportError:  # pragma: no cover
-    BrokenExecutor = BrokenProcessPool
 
 __all__ = ["InlineExecutor", "ThreadExecutor", "ProcessExecutor", "make_executor",
            "ordered_map", "default_workers"]

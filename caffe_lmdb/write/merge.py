@@ -14,15 +14,16 @@ which is moved into place (``data.mdb`` renamed over, atomically) only when ever
 committed and synced. On any error the temporary folder is removed, and so is ``OUT`` if the
 merge created it; an existing ``OUT`` (replaced only with ``overwrite=True``) is left as it was.
 """
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 
-from .summary import Summary
 from ..errors import KeyRangeError, OptionError, OutputExistsError, show_key
 from ..read.reader import DatumDB
 from .sink import DEFAULT_MAP_SIZE, OWN_FILES, open_sink, prepare_output
+from .summary import Summary
 
 __all__ = ["merge"]
 
@@ -45,13 +46,14 @@ def _ranges(inputs):
 def _check_order(ranges):
     """Every non-empty input's keys must all come after the previous non-empty input's."""
     filled = [r for r in ranges if r[1]]
-    for (a, _, a_first, a_last, _), (b, _, b_first, b_last, _) in zip(filled, filled[1:]):
+    pairs = zip(filled, filled[1:], strict=False)
+    for (a, _, a_first, a_last, _), (b, _, b_first, b_last, _) in pairs:
         if b_first > a_last:
             continue
         if b_last < a_first:
             order = sorted(filled, key=lambda r: r[2])
             hint = ""
-            if all(y[2] > x[3] for x, y in zip(order, order[1:])):
+            if all(y[2] > x[3] for x, y in zip(order, order[1:], strict=False)):
                 hint = "; give them in key order: " + " ".join(r[0] for r in order)
             raise KeyRangeError(
                 f"{b} comes before {a} in key order: its last key {show_key(b_last)} is before "
@@ -161,10 +163,8 @@ def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_
         shared = {name: _shared_file(inputs, name) for name in _SHARED_FILES}
         for name in OWN_FILES:  # what a replaced database left beside its data.mdb
             if name != "data.mdb":
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(out, name))
-                except FileNotFoundError:
-                    pass
         for name, data in shared.items():
             if data is not None:
                 with open(os.path.join(out, name), "wb") as f:

@@ -31,6 +31,7 @@ Failures:
   again would raise again; the original exception is delivered (e.g. an ``EncodeError``);
 * a task that exceeds the converter's timeout is cancelled (its worker is killed).
 """
+import contextlib
 import os
 import socket
 import threading
@@ -243,10 +244,8 @@ class RayExecutor:
             if entry is None or fut.done():
                 return False
             self._abandoned.add(id(fut))
-        try:
+        with contextlib.suppress(Exception):  # already finished or gone: nothing to stop
             self._ray.cancel(entry[1], force=True)
-        except Exception:  # already finished or gone: nothing left to stop
-            pass
         return False
 
     def restart(self):
@@ -259,10 +258,8 @@ class RayExecutor:
             self._refs.clear()
             self._abandoned.update(id(fut) for fut, _ in entries)
         for _fut, ref in entries:
-            try:
+            with contextlib.suppress(Exception):
                 self._ray.cancel(ref)
-            except Exception:
-                pass
         if self._started and self._ray is not None:
             self._ray.shutdown()
         self._started = False

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,10 +95,8 @@ def prepare_output(path, overwrite=False, resume=False):
             return True
         if overwrite:
             for name in OWN_FILES:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(path, name))
-                except FileNotFoundError:
-                    pass
             return False
         raise OutputExistsError(f"{path} already holds an LMDB: pass --overwrite "
                                 "(overwrite=True) to replace it, or --resume (resume=True) to "

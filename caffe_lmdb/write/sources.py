@@ -51,7 +51,7 @@ class ImageOptions:
     ``max_pixels``: an image whose header declares more pixels is skipped unread (a
     decompression bomb?); None for no limit (see :mod:`caffe_lmdb.imagesize`).
     """
-    resize: tuple = None
+    resize: tuple | None = None
     gray: bool = False
     encode: object = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -71,7 +71,7 @@ class ImageSample(Keyed):
     label: int
     where: str
     options: ImageOptions
-    targets: tuple = None
+    targets: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ class FolderSource(_ImageSource):
 
 
 def _open_maybe_gzip(path):
-    f = open(path, "rb")
+    f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     magic = f.read(2)
     f.seek(0)
     if magic == b"\x1f\x8b":
@@ -422,7 +422,7 @@ class CifarSource:
 
     def samples(self, start=0, block=2048):
         done = 0
-        for fileid, (path, count) in enumerate(zip(self.files, self.counts)):
+        for fileid, (path, count) in enumerate(zip(self.files, self.counts, strict=True)):
             if start >= done + count:
                 done += count
                 continue

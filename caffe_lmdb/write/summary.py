@@ -20,8 +20,8 @@ class Summary:
     bytes: int = 0
     seconds: float = 0.0
     resumed_from: int = 0
-    targets_path: str = None
-    log_path: str = None
+    targets_path: str | None = None
+    log_path: str | None = None
     file_bytes: int = 0
     map_grown: int = 0
     extra: dict = field(default_factory=dict)
