@@ -48,6 +48,7 @@ from .tools.mean import channel_means, compute_mean
 from .write.merge import merge
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
 from .read.reader import DatumDB, open  # noqa: A001 (caffe_lmdb.open, as lmdb.open)
+from .tools.show import contact_sheet, plot_stats  # OpenCV is imported when they draw
 
 __version__ = "0.1.0"
 
@@ -61,7 +62,7 @@ __all__ = [
     "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
-    "DatumWriter", "Summary", "merge", "RayExecutor",
+    "DatumWriter", "Summary", "merge", "RayExecutor", "contact_sheet", "plot_stats",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

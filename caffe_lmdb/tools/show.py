@@ -983,13 +983,22 @@ def _value_histogram(stats: DatasetStats, txn, float_keys) -> None:
 _PANEL_W, _PANEL_H = 420, 300
 
 
-def plot_stats(db, out=None, progress=None) -> np.ndarray:
+def plot_stats(db, out=None, progress=None, labels=None) -> np.ndarray:
     """Plots of a database as one H x W x 3 BGR image (``out``: also write it as PNG):
-    label histogram, height-vs-width scatter of the image sizes (dot area grows with the
-    count), and for float records the histogram of their values. Each panel is 420 x 300
-    pixels, side by side (2 panels, or 3 with float records)."""
-    stats = db if isinstance(db, DatasetStats) else dataset_stats(db, progress)
-    panels = [_label_panel(stats), _size_panel(stats)]
+    label histogram (with class names from ``labels``, as in :func:`contact_sheet`, when
+    there are at most 24 labels), height-vs-width scatter of the image sizes (dot area grows
+    with the count), and for float records the histogram of their values. Each panel is
+    420 x 300 pixels, side by side: 840 x 300, or 1260 x 300 with float records."""
+    owned = isinstance(db, (str, bytes, os.PathLike))
+    database = db if isinstance(db, DatasetStats) else _open(db)
+    try:
+        stats = database if isinstance(database, DatasetStats) else \
+            dataset_stats(database, progress)
+        names = _label_names(labels, stats.path)[0] if stats.labels else None
+    finally:
+        if owned:
+            database.close()
+    panels = [_label_panel(stats, names), _size_panel(stats)]
     if stats.value_hist is not None:
         panels.append(_value_panel(stats))
     image = np.concatenate(panels, axis=1)
@@ -1041,7 +1050,8 @@ def _bars(img, counts: np.ndarray, color):
         cv2.rectangle(img, (a, y1 - h), (b, y1 - 1), color, -1)
 
 
-def _label_panel(stats: DatasetStats) -> np.ndarray:
+def _label_panel(stats: DatasetStats, names=None) -> np.ndarray:
+    cv2 = _cv2()
     labeled = sum(stats.labels.values())
     title = f"labels: {len(stats.labels)} distinct in {labeled} records"
     if stats.without_label:
@@ -1051,6 +1061,25 @@ def _label_panel(stats: DatasetStats) -> np.ndarray:
         _put(img, "no labels", _PLOT[0] + 10, (_PLOT[1] + _PLOT[3]) // 2, _DIM)
         return img
     lo, hi = min(stats.labels), max(stats.labels)
+    color = (235, 200, 120)
+    if hi - lo < 24:  # few labels: a bar each, with its count and name
+        x0, y0, x1, y1 = _PLOT
+        top = max(stats.labels.values())
+        slot = (x1 - x0 - 2) / (hi - lo + 1)
+        for i, label in enumerate(range(lo, hi + 1)):
+            c = stats.labels.get(label, 0)
+            a, b = x0 + 2 + int(i * slot + slot * 0.15), x0 + 2 + int((i + 1) * slot - slot * 0.15)
+            h = round(c / top * (y1 - y0 - 14))
+            if c:
+                cv2.rectangle(img, (a, y1 - max(h, 1)), (b, y1 - 1), color, -1)
+            count = _fit(str(c), int(slot), _SMALL)
+            _put(img, count, (a + b - _text_width(count, _SMALL)) // 2, y1 - h - 3, _TEXT, _SMALL)
+            name = names.get(label, str(label)) if names else str(label)
+            name = _fit(name, int(slot) - 2, _SMALL, head=1.0)
+            _put(img, name, (a + b - _text_width(name, _SMALL)) // 2, y1 + 14, _DIM, _SMALL)
+        cv2.line(img, (x0, y1), (x1, y1), _DIM, 1)
+        _put(img, "label", (x0 + x1 - _text_width("label", _SMALL)) // 2, y1 + 28, _DIM, _SMALL)
+        return img
     if hi - lo > 100_000:  # sparse, huge label values: one bar per distinct label
         keys = sorted(stats.labels)
         counts = np.array([stats.labels[k] for k in keys])
@@ -1060,7 +1089,7 @@ def _label_panel(stats: DatasetStats) -> np.ndarray:
         for label, c in stats.labels.items():
             counts[label - lo] = c
         x_lo, x_hi = str(lo), str(hi)
-    _bars(img, counts, (235, 200, 120))
+    _bars(img, counts, color)
     _axes(img, x_lo, x_hi, str(int(counts.max())), "label", "count")
     return img
 
@@ -1073,19 +1102,29 @@ def _size_panel(stats: DatasetStats) -> np.ndarray:
         _put(img, "no sizes", _PLOT[0] + 10, (_PLOT[1] + _PLOT[3]) // 2, _DIM)
         return img
     x0, y0, x1, y1 = _PLOT
-    wmax = max(w for _, w in stats.sizes) or 1
-    hmax = max(h for h, _ in stats.sizes) or 1
+    wmax = _nice(max(w for _, w in stats.sizes) * 1.1)
+    hmax = _nice(max(h for h, _ in stats.sizes) * 1.1)
     top = max(stats.sizes.values())
     for (h, w), c in sorted(stats.sizes.items(), key=lambda item: -item[1]):
         x = x0 + 4 + int(round(w / wmax * (x1 - x0 - 8)))
         y = y1 - 4 - int(round(h / hmax * (y1 - y0 - 8)))
-        radius = 2 + int(round(6 * math.sqrt(c / top)))
+        radius = 2 + round(4 * math.sqrt(c / top))
         cv2.circle(img, (x, y), radius, (120, 200, 235), -1, cv2.LINE_AA)
     _axes(img, "0", str(wmax), str(hmax), "width", "height")
     if len(stats.sizes) == 1:
         (h, w), = stats.sizes
         _put(img, f"all {w}x{h}", x0 + 8, y0 + 14, _TEXT, _SMALL)
     return img
+
+
+def _nice(v: float) -> int:
+    """The axis end at or above ``v``: 1, 2 or 5 times a power of ten (at least 1)."""
+    v = max(float(v), 1.0)
+    power = 10 ** math.floor(math.log10(v))
+    for step in (1, 2, 5, 10):
+        if step * power >= v:
+            return int(step * power)
+    return int(10 * power)
 
 
 def _value_panel(stats: DatasetStats) -> np.ndarray:
