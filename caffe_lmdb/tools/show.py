@@ -426,7 +426,8 @@ def draw_boxes(image: np.ndarray, boxes, names: Mapping[int, str] | None = None,
             name = names.get(label, str(label)) if names else str(label)
             name = _ascii(name) + ("*" if difficult else "")
             (tw, th), base = cv2.getTextSize(name, _FONT, _SMALL, 1)
-            tx, ty = min(x0 + 1, max(0, w - tw - 1)), min(max(y0 + th + 2, th + 1), h - 1)
+            tx = min(x0 + thickness + 1, max(0, w - tw - 1))  # inside the box, off its edge
+            ty = min(max(y0 + th + 2, th + 1), h - 1)
             cv2.rectangle(image, (tx - 1, ty - th - 1), (tx + tw, ty + base - 1), (0, 0, 0), -1)
             cv2.putText(image, name, (tx, ty), _FONT, _SMALL, color, 1, cv2.LINE_AA)
     return image
