@@ -801,7 +801,8 @@ def _draw_sheet(records, tile, columns, names, info, coords, landmarks):
     any_values = any(rec.kind in ("heat", "bars") for rec in records)
     n_lines = BASE_LINES + (1 if any_values else 0) + max(map(len, target_lines), default=0)
     width, height = sheet_size(len(records), tile, columns, n_lines)
-    sheet = np.full((height, width, 3), _BG, np.uint8)
+    sheet = np.empty((height, width, 3), np.uint8)
+    sheet[:] = _BG
     cell_w, cell_h = tile + 2 * PAD, tile + 2 * PAD + n_lines * LINE
     title = f"{os.path.basename(info.path.rstrip('/')) or info.path}: {info.title} of " \
             f"{info.records}"
