@@ -510,20 +510,24 @@ def test_dataset_stats_and_plot(tmp_path):
     items = [(b"%03d" % i, array_to_datum_bytes(flat(COLORS[0], 8, 12), i % 2 + 4))
              for i in range(9)]
     items.append((b"100", datum_bytes(data=png, label=4, encoded=True)))
+    items.append((b"101", datum_bytes(1, 10**5, 10**5, label=6)))   # a header without pixels
+    items.append((b"102", datum_bytes(3, 4, 4, data=b"short", label=6)))
     write_lmdb(tmp_path / "db", items)
     stats = dataset_stats(str(tmp_path / "db"))
-    assert stats.labels == {4: 6, 5: 4} and stats.sizes == {(8, 12): 9, (30, 50): 1}
+    assert stats.labels == {4: 6, 5: 4, 6: 2} and stats.sizes == {(8, 12): 9, (30, 50): 1}
+    assert stats.unreadable == 2
     assert stats.value_hist is None
     out = tmp_path / "stats.png"
     img = plot_stats(str(tmp_path / "db"), out=out)
     assert img.shape == (300, 840, 3) and out.read_bytes()[:8] == PNG_MAGIC
-    # label 4 (6 records) has a bar taller than label 5 (4 records)
+    # label 4 (6 records) has a bar taller than label 5 (4 records), and 6 (2 records)
     x0, y0, x1, y1 = show._PLOT
     bar = np.all(img[:, :420] == (235, 200, 120), axis=2)
-    heights = [bar[:, x0 + 2:(x0 + x1) // 2].any(axis=1).sum(),
-               bar[:, (x0 + x1) // 2:x1].any(axis=1).sum()]
-    assert heights[0] > heights[1] > 0
+    third = (x1 - x0) // 3
+    heights = [bar[:, x0 + k * third:x0 + (k + 1) * third].any(axis=1).sum() for k in range(3)]
+    assert heights[0] > heights[1] > heights[2] > 0
     assert abs(heights[1] / heights[0] - 4 / 6) < 0.05
+    assert abs(heights[2] / heights[0] - 2 / 6) < 0.05
 
 
 def test_float_value_histogram(tmp_path):

@@ -962,21 +962,26 @@ def _stat_record(stats: DatasetStats, key, value, float_keys) -> None:
         else:
             stats.sizes[(size[1], size[0])] += 1
         return
-    stats.sizes[(f.height, f.width)] += 1
-    if not (f.data is not None and f.data[1]) and f.floats:
-        try:
-            arr, _ = decode(value)
-        except DatumDecodeError:
+    if f.data is not None and f.data[1]:  # raw pixels: the header's shape, if it fits the data
+        if f.channels * f.height * f.width != f.data[1]:
             stats.unreadable += 1
-            return
-        stats.float_records += 1
-        float_keys.append(bytes(key))
-        lo, hi, bad = _value_range(arr)
-        stats.value_nonfinite += bad
-        stats.value_count += arr.size - bad
-        if bad < arr.size:
-            stats.value_min = min(stats.value_min, lo)
-            stats.value_max = max(stats.value_max, hi)
+        else:
+            stats.sizes[(f.height, f.width)] += 1
+        return
+    try:
+        arr, _ = decode(value)
+    except DatumDecodeError:  # neither pixels nor a float count matching the shape
+        stats.unreadable += 1
+        return
+    stats.sizes[(f.height, f.width)] += 1
+    stats.float_records += 1
+    float_keys.append(bytes(key))
+    lo, hi, bad = _value_range(arr)
+    stats.value_nonfinite += bad
+    stats.value_count += arr.size - bad
+    if bad < arr.size:
+        stats.value_min = min(stats.value_min, lo)
+        stats.value_max = max(stats.value_max, hi)
 
 
 def _value_histogram(stats: DatasetStats, txn, float_keys) -> None:
