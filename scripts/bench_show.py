@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import caffe_lmdb  # noqa: E402
-from caffe_lmdb.codec import array_to_datum_bytes, datum_bytes  # noqa: E402
+from caffe_lmdb.format.datum import array_to_datum_bytes, datum_bytes  # noqa: E402
 
 
 def _write(path, values, n):

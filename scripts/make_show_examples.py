@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import caffe_lmdb  # noqa: E402
-from caffe_lmdb.codec import array_to_datum_bytes  # noqa: E402
+from caffe_lmdb.format.datum import array_to_datum_bytes  # noqa: E402
 
 N = 150
 NAMES = ["circle", "square", "triangle"]

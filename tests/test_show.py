@@ -7,8 +7,8 @@ from helpers import float_db, write_lmdb
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
-from caffe_lmdb.codec import array_to_datum_bytes, datum_bytes
 from caffe_lmdb.errors import CaffeLMDBError, ListFileError, OptionError
+from caffe_lmdb.format.datum import array_to_datum_bytes, datum_bytes
 from caffe_lmdb.tools import show
 from caffe_lmdb.tools.show import (
     HEADER,

@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from ..codec import decode, parse_datum
 from ..errors import CaffeLMDBError, DatumDecodeError, ListFileError, OptionError
-from ..imagesize import check_image, declared_size
-from ..reader import DatumDB
-from ..reader import open as open_db
+from ..format.cv import cv2 as _cv2
+from ..format.datum import decode, parse_datum
+from ..format.imagesize import check_image, declared_size
+from ..format.sniff import image_format
+from ..read.reader import DatumDB
+from ..read.reader import open as open_db
 
 __all__ = ["contact_sheet", "SheetInfo", "draw_boxes", "draw_targets", "read_labels",
            "find_labels", "plot_stats", "dataset_stats", "DatasetStats", "save_image",
@@ -58,12 +60,6 @@ _PALETTE = [(75, 180, 60), (48, 130, 245), (200, 130, 0), (25, 225, 255), (180, 
             (240, 240, 70), (60, 20, 230), (230, 50, 240), (128, 128, 0), (195, 255, 170)]
 _LANDMARK_COLORS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255)]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _cv2():
-    import cv2  # drawing needs OpenCV; importing caffe_lmdb does not
-
-    return cv2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,9 +478,6 @@ class _Record:
     error: str = ""
 
 
-_JPEG = b"\xff\xd8\xff"
-
-
 def _decode_encoded(blob: bytes, tile: int):
     """Decode an encoded image for a tile: a JPEG much larger than the tile is decoded at
     1/2, 1/4 or 1/8 of its size (libjpeg's scaled decoding, several times faster)."""
@@ -492,7 +485,7 @@ def _decode_encoded(blob: bytes, tile: int):
     check_image(blob)
     size = declared_size(blob)
     buf = np.frombuffer(blob, np.uint8)
-    if blob[:3] == _JPEG and size is not None:
+    if image_format(blob) == "jpg" and size is not None:
         factor = 1
         while factor < 8 and max(size) // (factor * 2) >= tile:
             factor *= 2
@@ -510,16 +503,8 @@ def _decode_encoded(blob: bytes, tile: int):
     return img, size or (img.shape[1], img.shape[0])
 
 
-_FORMATS = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"BM", "bmp"), (b"GIF8", "gif"),
-            (b"II*\x00", "tif"), (b"MM\x00*", "tif"), (b"RIFF", "webp"))
-
-
 def _format_name(blob) -> str:
-    head = bytes(blob[:4])
-    for magic, name in _FORMATS:
-        if head.startswith(magic):
-            return name
-    return "encoded"
+    return image_format(blob) or "encoded"
 
 
 def _read_record(rec: _Record, value, tile: int, channel_order: str) -> None:
@@ -659,7 +644,7 @@ def contact_sheet(db, n: int = 64, start: int = 0, *, shuffle: bool = False,
     Parameters
     ----------
     db : path of an LMDB, or a :class:`~caffe_lmdb.reader.DatumDB` (or any object with its
-        ``keys()``, ``env`` and ``path``; one with a ``boxes(i)`` method returning detection
+        ``keys()``, ``begin()`` and ``path``; one with a ``boxes(i)`` method returning detection
         rows also gets its boxes drawn, see :func:`draw_boxes`).
     n, start : the records at positions ``start .. start + n - 1`` (key order, Caffe's).
     shuffle, seed : instead, ``n`` records drawn at random (shown in position order); the
@@ -750,7 +735,7 @@ def _read_records(db, records: list[_Record], tile: int, channel_order: str) -> 
             except (CaffeLMDBError, ValueError) as exc:
                 rec.kind, rec.error = "error", str(exc)
         return
-    with db.env.begin(buffers=False) as txn:
+    with db.begin(buffers=False) as txn:
         for rec in records:
             value = txn.get(rec.key)
             if value is None:
@@ -766,7 +751,7 @@ def _read_targets(tdb, records: list[_Record], db_path: str) -> int:
     """The companion's record for each shown key (flattened floats); returns how many were
     found. None found at all is an error (the wrong database, or keys of another scheme)."""
     found = 0
-    with tdb.env.begin(buffers=False) as txn:
+    with tdb.begin(buffers=False) as txn:
         for rec in records:
             value = txn.get(rec.key)
             if value is None:
@@ -921,18 +906,16 @@ def dataset_stats(db, progress=None) -> DatasetStats:
     try:
         stats = DatasetStats(path=database.path)
         n = stats.records = len(database.keys())
-        float_keys = []
-        done = 0
-        with database.env.begin(buffers=True) as txn:
-            for key, value in txn.cursor():
-                _stat_record(stats, key, value, float_keys)
-                done += 1
-                if progress is not None and done % _CHUNK == 0:
-                    progress(done, n)
-            if float_keys:
+        index = database.keys()
+        float_keys: list[bytes] = []
+        for start, values in database.value_chunks(_CHUNK):
+            for j, value in enumerate(values):
+                _stat_record(stats, index[start + j], value, float_keys)
+            if progress is not None:
+                progress(start + len(values), n)
+        if float_keys:
+            with database.begin() as txn:
                 _value_histogram(stats, txn, float_keys)
-        if progress is not None:
-            progress(n, n)
         return stats
     finally:
         if owned:
