@@ -42,6 +42,7 @@ from .tools.features import (
     write_features,
 )
 from .tools.mean import channel_means, compute_mean
+from .tools.show import contact_sheet, plot_stats  # OpenCV is imported when they draw
 from .write.convert import (
     DatumWriter,
     Summary,
@@ -66,7 +67,7 @@ __all__ = [
     "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
-    "DatumWriter", "Summary", "merge", "RayExecutor",
+    "DatumWriter", "Summary", "merge", "RayExecutor", "contact_sheet", "plot_stats",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

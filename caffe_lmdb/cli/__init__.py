@@ -12,8 +12,9 @@ from . import convert as _convert
 from . import mean as _mean
 from . import merge as _merge
 from . import read as _read
+from . import show as _show
 
-GROUPS = [_mean, _convert, _read, _merge]
+GROUPS = [_mean, _convert, _read, _merge, _show]
 
 
 def build_parser():

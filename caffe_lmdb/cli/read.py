@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 
+from .. import plot_stats
 from ..format.blob import write_mean
 from ..tools import dbinfo as _inspect
 from ..tools import features as _features
@@ -16,6 +17,9 @@ def register(sub):
     p.add_argument("--decode", choices=("sample", "all", "none"), default="sample",
                    help="encoded images decoded for their shapes: the first 200 (default), "
                    "all, or none")
+    p.add_argument("--plot", metavar="STATS.png", help="also draw the label histogram, the "
+                   "image sizes (height vs width) and, for float records, the value histogram "
+                   "into this PNG (reads every record again)")
 
     p = _command(sub, "verify", _verify, "parse every record; exit 1 listing the problems "
                  "(unparsable records, several shapes, unpadded numeric keys)")
@@ -57,6 +61,10 @@ def _info(args):
     report = with_progress(args, "info", lambda progress: _inspect.info(
         args.db, decode_images=args.decode, progress=progress))
     print(report)
+    if args.plot:
+        image = with_progress(args, "plot", lambda progress: plot_stats(
+            args.db, out=args.plot, progress=progress))
+        print(f"plots -> {args.plot} ({image.shape[1]} x {image.shape[0]} px)")
     return 0
 
 
