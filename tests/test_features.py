@@ -132,9 +132,14 @@ def test_feature_names_from_db_and_list(fixtures, tmp_path):
     assert names[24:] == names[:2]
     listed = feature_names(fixtures / "inputs" / "images" / "list.txt", 4)
     assert listed[3] == ("cat/missing_file.jpg", 0)  # a list file keeps unreadable lines
-    (tmp_path / "l.txt").write_text("a b.jpg 3\n\nc.png 4\n")
+    (tmp_path / "l.txt").write_text("a b.jpg 3\nc.png 4\n\n")  # trailing blank lines: fine
     assert feature_names(tmp_path / "l.txt", 3) == [("a b.jpg", 3), ("c.png", 4),
                                                     ("a b.jpg", 3)]
+    # a blank line between records is an entry to Caffe's ImageData layer (an empty path), so
+    # skipping it would shift every later name by one row: the one list parser refuses it
+    (tmp_path / "l.txt").write_text("a b.jpg 3\n\nc.png 4\n")
+    with pytest.raises(caffe_lmdb.ListFileError, match=r"l\.txt:2: .*empty line"):
+        feature_names(tmp_path / "l.txt", 3)
 
 
 @pytest.mark.parametrize("keyfmt", ["%010d", "%d"])

@@ -13,8 +13,15 @@ _DIGITS = re.compile(rb"^(\d+)(.*)$", re.S)
 
 
 def imageset_key(line_index, path):
-    """convert_imageset's key: ``%08d`` of the list-file line index, ``_``, the path as listed."""
-    return b"%08d_" % line_index + path.encode("utf-8")
+    """convert_imageset's key: ``%08d`` of the list-file line index, ``_``, the path as listed
+    (bytes, or str encoded as UTF-8)."""
+    return b"%08d_" % line_index + (path.encode("utf-8") if isinstance(path, str) else path)
+
+
+def path_of(key):
+    """The path part of a ``%08d_<path>`` key (bytes), or None for any other key."""
+    head, sep, rest = bytes(key).partition(b"_")
+    return rest if sep and head.isdigit() and rest else None
 
 
 def index_key(index, width=8):
@@ -47,18 +54,3 @@ def describe_pattern(keys):
         else:
             patterns.add(num)
     return ", ".join(sorted(patterns)) if patterns else "<empty>"
-
-
-def unpadded_numeric(keys):
-    """True when the keys are plain decimal numbers whose byte order differs from numeric order.
-
-    That is the classic bug of writers that use ``str(i)`` keys: the DB reads back as
-    0, 1, 10, 100, ... and images and labels go out of step with any list kept beside it.
-    """
-    nums = []
-    for key in keys:
-        key = bytes(key)
-        if not key.isdigit():
-            return False
-        nums.append(int(key))
-    return any(a > b for a, b in zip(nums, nums[1:], strict=False))

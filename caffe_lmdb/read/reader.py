@@ -43,7 +43,7 @@ from ..format.sniff import describe_bytes
 from ..storage.base import detect_backend, open_reader
 from .keyindex import KeysAt, RangeKeys, position, scan_keys
 
-__all__ = ["open", "DatumDB"]
+__all__ = ["open", "as_db", "DatumDB"]
 
 
 def _low_memory_step(n):
@@ -131,6 +131,11 @@ class _Recycler:
 def open(path, **options):  # noqa: A001 - the package's entry point, as lmdb.open
     """Open a Caffe database for reading; see :class:`DatumDB` for the options."""
     return DatumDB(path, **options)
+
+
+def as_db(source, **options):
+    """``source`` itself when it is a :class:`DatumDB`, else the database at that path."""
+    return source if isinstance(source, DatumDB) else DatumDB(source, **options)
 
 
 class DatumDB:

@@ -32,8 +32,7 @@ from ..format import keys as _keys
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes, image_format
 from ..messages import human_bytes
-from ..read.reader import DatumDB
-from ..read.reader import open as open_db
+from ..read.reader import as_db
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
 
@@ -268,10 +267,6 @@ def _key_facts(db, report, sample=3):
         report.gaps = missing[:10].tolist()
 
 
-def _db(source):
-    return source if isinstance(source, DatumDB) else open_db(source)
-
-
 def _file_sizes(db, report):
     report.file_bytes = os.path.getsize(os.path.join(db.path, "data.mdb"))
     env = db.env
@@ -283,7 +278,7 @@ def info(source, decode_images="sample", progress=None):
     """A :class:`DBInfo` of a database (path or DatumDB). Reads every record's header (for the
     kinds, shapes and labels); encoded images are decoded for their shapes only for the first
     200 (``decode_images="sample"``), or ``"all"``, or ``"none"``."""
-    db = _db(source)
+    db = as_db(source)
     scan = _Scan(db, decode_images, max_listed=20)
     report = scan.run(progress)
     _key_facts(db, report)
@@ -295,7 +290,7 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     """Check every record; returns a :class:`DBInfo` whose ``problems`` list what is wrong
     (``ok`` is True when nothing is). ``decode_images=False`` skips decoding encoded images
     (faster; their shapes are then not checked)."""
-    db = _db(source)
+    db = as_db(source)
     scan = _Scan(db, "all" if decode_images else "none", max_listed)
     report = scan.run(progress)
     _key_facts(db, report)
@@ -327,8 +322,7 @@ _UNSAFE = re.compile(r"[\x00-\x1f]")
 def _relative_name(key):
     """The file name a key stands for: the path of ``%08d_<path>`` keys, else the key, made
     safe (no absolute paths, no '..', no control characters)."""
-    head, sep, rest = key.partition(b"_")
-    name = rest if sep and head.isdigit() and rest else key
+    name = _keys.path_of(key) or key
     text = _UNSAFE.sub("_", name.decode("utf-8", "replace")).replace("\\", "/")
     parts = [p for p in text.split("/") if p not in ("", ".", "..")]
     return "/".join(parts) or "record"
@@ -386,7 +380,7 @@ def export(source, out, npz=False, list_name="list.txt", progress=None):
       and ``keys`` (N,), written a chunk at a time (all records must have one shape).
 
     Returns the number of records written."""
-    db = _db(source)
+    db = as_db(source)
     out = os.fspath(out)
     if npz:
         return _export_npz(db, out, progress)

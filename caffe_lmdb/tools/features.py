@@ -25,10 +25,10 @@ import numpy as np
 
 from ..errors import NotADatumDBError, show_key
 from ..format.datum import datum_bytes, parse_datum
+from ..format.keys import path_of
+from ..format.listfile import read_list_file
 from ..read.keyindex import DenseKeys
-from ..read.reader import DatumDB
-from ..read.reader import open as open_db
-from ..write.sources import parse_list_line
+from ..read.reader import as_db
 
 __all__ = ["read_features", "features_to_npy", "feature_shape", "write_features", "feature_names",
            "FeatureKeyWarning"]
@@ -38,10 +38,6 @@ _CHUNK = 1024
 
 class FeatureKeyWarning(UserWarning):
     """Feature keys out of numeric order (not zero-padded), or image indices missing."""
-
-
-def _db(source):
-    return source if isinstance(source, DatumDB) else open_db(source)
 
 
 def _image_indices(db):
@@ -135,7 +131,7 @@ def read_features(source, flat=False, return_index=False, progress=None):
     the image index of each row (``arange(N)`` unless indices are missing).
 
     ``progress(done, total)`` is called after each chunk of records."""
-    db = _db(source)
+    db = as_db(source)
     rows, indices = _layout(db)
     n = len(rows)
     if n == 0:
@@ -201,7 +197,7 @@ def _touch_pages(flat, start, stop):
 def feature_shape(source):
     """``(shape, indices)`` of an extract_features LMDB without reading its values: the
     (C, H, W) of its first record and the image index of each row."""
-    db = _db(source)
+    db = as_db(source)
     rows, indices = _layout(db)
     return (_shape(db) if len(rows) else None), indices
 
@@ -212,7 +208,7 @@ def features_to_npy(source, npy_path, flat=False, progress=None):
 
     The file is written under a temporary name and renamed when complete, so an interrupted
     run never leaves a truncated ``.npy``. Returns ``(shape, indices)``."""
-    db = _db(source)
+    db = as_db(source)
     rows, indices = _layout(db)
     n = len(rows)
     shape = _shape(db) if n else (0,)
@@ -282,7 +278,7 @@ def feature_names(source, count):
     A list file that convert_imageset turned into the LMDB is NOT the same order when some
     images could not be read (Caffe skips them): give the LMDB then."""
     if os.path.isdir(os.fspath(source)):
-        db = _db(source)
+        db = as_db(source)
         if not len(db):
             raise NotADatumDBError(f"{db.path} is empty: no names to pair with features")
         index = db.keys()
@@ -290,8 +286,7 @@ def feature_names(source, count):
         for start, values in db.value_chunks(_CHUNK):
             for j, value in enumerate(values):
                 key = index[start + j]
-                head, sep, rest = key.partition(b"_")
-                name = rest if sep and head.isdigit() else key
+                name = path_of(key) or key
                 names.append((name.decode("utf-8", "replace"), parse_datum(value).label))
     else:
         names = _list_lines(source)
@@ -301,13 +296,5 @@ def feature_names(source, count):
 
 
 def _list_lines(path):
-    """``(path, label)`` of each line of a Caffe list file (blank lines skipped)."""
-    path = os.fspath(path)
-    out = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.rstrip(b"\n")
-            if raw.strip():
-                name, label, _ = parse_list_line(raw, (path, lineno))
-                out.append((name.decode("utf-8", "replace"), label))
-    return out
+    """``(path, label)`` of each line of a Caffe list file."""
+    return [(name.decode("utf-8", "replace"), label) for name, label, _ in read_list_file(path)]

@@ -21,16 +21,16 @@ import gzip
 import hashlib
 import os
 import random
-import re
 import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import KeyTooLongError, ListFileError, SourceFormatError
+from ..errors import KeyTooLongError, SourceFormatError
 from ..format.imagesize import DEFAULT_MAX_PIXELS
-from ..format.keys import MAX_KEY_BYTES, index_key
+from ..format.keys import MAX_KEY_BYTES, imageset_key, index_key
+from ..format.listfile import parse_list_line, read_list_file
 
 __all__ = [
     "Keyed", "ImageOptions", "ImageSample", "RawSample", "ArraySample",
@@ -127,44 +127,6 @@ def _permutation(n, shuffle, seed):
     return np.random.default_rng(seed).permutation(n), seed
 
 
-_INTEGER = re.compile(rb"\s*[+-]?[0-9]+\s*")
-
-
-def parse_list_line(raw, where, targets=0):
-    """Parse one line of a Caffe list file (bytes, without the newline).
-
-    The label is the integer after the LAST space (paths may contain spaces), as Caffe's
-    convert_imageset reads it. With ``targets=K``, the line is ``path label v1 ... vK``: the
-    last K + 1 space-separated fields are the label and K floats, everything before them is the
-    path. Returns ``(path_bytes, label, values)``; raises ListFileError naming ``where``.
-    """
-    line = raw.rstrip(b"\r")
-    parts = line.rsplit(b" ", 1 + targets)
-    if len(parts) < 2 + targets or not parts[0]:
-        want = "a path, a label" + (f" and {targets} target values" if targets else "")
-        got = "an empty line" if not line.strip() else f"{line[:80]!r}"
-        raise ListFileError(f"expected {want} separated by spaces, got {got}", *where)
-    path, label_text, values = parts[0], parts[1], parts[2:]
-    try:
-        if not _INTEGER.fullmatch(label_text):  # int() would also take "1_000"
-            raise ValueError
-        label = int(label_text)
-    except ValueError:
-        raise ListFileError(f"label {label_text.decode('utf-8', 'replace')!r} is not an integer"
-                            " (the label is what follows the last space of the line)",
-                            *where) from None
-    if not -(1 << 31) <= label < (1 << 31):
-        raise ListFileError(f"label {label} does not fit Caffe's int32 label", *where)
-    try:
-        if any(b"_" in v for v in values):  # float() would take "1_0" as 10
-            raise ValueError
-        floats = tuple(float(v) for v in values)
-    except ValueError:
-        raise ListFileError(f"target values {b' '.join(values).decode('utf-8', 'replace')!r} "
-                            "are not all numbers", *where) from None
-    return path, label, (floats if targets else None)
-
-
 class _ImageSource:
     """Shared by list-file and folder sources. The entries are kept compactly (a list of path
     bytes, an array of labels, an array of targets), as a list of a million lines must fit."""
@@ -196,7 +158,7 @@ class _ImageSource:
         return os.fsdecode(self._paths[j])
 
     def _key(self, i, path):
-        return index_key(i) if self.index_keys else index_key(i) + b"_" + path
+        return index_key(i) if self.index_keys else imageset_key(i, path)
 
     def samples(self, start=0):
         root = self.root
@@ -229,17 +191,11 @@ class ListFileSource(_ImageSource):
         self.list_file = os.fspath(list_file)
         self.targets = int(targets)
         paths, labels, values = [], [], []
-        with open(self.list_file, "rb") as f:
-            lines = f.read().split(b"\n")
-        while lines and not lines[-1].strip():  # trailing blank lines: not records
-            lines.pop()
-        for n, raw in enumerate(lines, 1):
-            path, label, floats = parse_list_line(raw, (self.list_file, n), self.targets)
+        for path, label, floats in read_list_file(self.list_file, self.targets):
             paths.append(path)
             labels.append(label)
             if self.targets:
                 values.append(floats)
-        del lines
         targets_array = np.array(values, dtype=np.float64) if self.targets else None
         super().__init__(root, paths, labels, targets_array, options, shuffle, seed,
                          index_keys, "shorten the paths, or use index-only keys (--index_keys)")
