@@ -165,11 +165,9 @@ def run(source, path, *, workers=None, executor="thread", shard=None, **options)
     """
     ex = make_executor(executor, workers)
     try:
-        if getattr(ex, "remote", False) and getattr(source, "root", None) is not None:
+        if ex.remote and getattr(source, "root", None) is not None:
             source.root = _absolute_root(source.root)  # workers do not share our working folder
-        check = getattr(ex, "check_source", None)
-        if check is not None:
-            check(source)  # e.g. can a cluster's workers read the input files?
+        ex.check_source(source)  # e.g. can a cluster's workers read the input files?
         if shard is not None:
             source = ShardSource(source, shard)
         return _run(source, path, ex, **options)
@@ -285,7 +283,7 @@ class _Conversion:
             progress(self.done, total)
         # a cluster executor wants bigger tasks than one image (its per-task cost is higher)
         chunks = _chunked(self.source.samples(self.start),
-                          max(self.source.chunk, getattr(ex, "chunk", 1)))
+                          max(self.source.chunk, ex.chunk))
         results = ordered_map(encode_many, chunks, ex, timeout=timeout, on_fail=on_fail,
                               describe=_describe_chunk)
         if not isinstance(ex, InlineExecutor):

@@ -4,12 +4,18 @@
 ``window`` items are in flight; so memory stays bounded however large the input, and the output
 order never depends on which worker finished first.
 
-Executors are small objects with ``workers`` and ``submit(fn, arg) -> concurrent.futures.Future``
-and ``shutdown()``, plus two optional recovery hooks:
+Executors follow the :class:`Executor` protocol: ``workers``, ``submit(fn, arg) ->
+concurrent.futures.Future`` and ``shutdown()``, two recovery hooks, and what a conversion needs
+to know of them:
 
 * ``abandon(future) -> bool``: give up on a task that timed out. Returns True when the other
   tasks in flight were lost too (the caller then submits them again).
 * ``restart()``: replace workers after one died (a crash in native code).
+* ``remote`` (tasks run on other machines: paths must be absolute and shared), ``chunk``
+  (samples per task), ``check_source(source)`` (can the workers read the inputs?).
+
+:class:`BaseExecutor` gives the defaults of a local executor; :func:`make_executor` wraps an
+object that has only ``submit`` and ``shutdown`` so that it gets them too.
 
 Three are provided: :class:`InlineExecutor` (runs in the caller, no pool), :class:`ThreadExecutor`
 (the default for images: OpenCV releases the GIL while it decodes and resizes, and records stay
@@ -38,11 +44,83 @@ import threading
 import time
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol
 
 from ..errors import WorkerError
 
-__all__ = ["InlineExecutor", "ThreadExecutor", "ProcessExecutor", "make_executor",
-           "ordered_map", "default_workers"]
+__all__ = ["Executor", "BaseExecutor", "InlineExecutor", "ThreadExecutor", "ProcessExecutor",
+           "make_executor", "ordered_map", "default_workers"]
+
+
+class Executor(Protocol):
+    """What :func:`ordered_map` and the converters use of an executor."""
+
+    kind: str
+    workers: int
+    remote: bool
+    chunk: int
+
+    def submit(self, fn: Any, arg: Any) -> Future: ...
+
+    def shutdown(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def abandon(self, fut: Future) -> bool: ...
+
+    def check_source(self, source: Any) -> None: ...
+
+
+class BaseExecutor:
+    """The defaults of an executor on this machine: no recovery beyond its own, one sample
+    per task, inputs read where they are."""
+
+    kind = "base"
+    workers = 1
+    remote = False
+    chunk = 1
+
+    def restart(self) -> None:
+        """Nothing to replace."""
+
+    def abandon(self, fut: Future) -> bool:
+        """A task cannot be interrupted: it runs on; the others are not lost."""
+        return False
+
+    def check_source(self, source: Any) -> None:
+        """Local workers read what the caller reads."""
+
+
+class _Adapted(BaseExecutor):
+    """An executor object of the caller's that has only some of the protocol: what it lacks
+    comes from :class:`BaseExecutor`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.kind = getattr(inner, "kind", "custom")
+        for name in ("workers", "remote", "chunk"):
+            if hasattr(inner, name):
+                setattr(self, name, getattr(inner, name))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def submit(self, fn, arg):
+        return self.inner.submit(fn, arg)
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+    def restart(self):
+        if hasattr(self.inner, "restart"):
+            self.inner.restart()
+
+    def abandon(self, fut):
+        return bool(self.inner.abandon(fut)) if hasattr(self.inner, "abandon") else False
+
+    def check_source(self, source):
+        if hasattr(self.inner, "check_source"):
+            self.inner.check_source(source)
 
 
 def default_workers():
@@ -53,7 +131,7 @@ def default_workers():
         return os.cpu_count() or 1
 
 
-class InlineExecutor:
+class InlineExecutor(BaseExecutor):
     """Runs each task at once in the calling thread (workers=1: no pool, no overhead).
     A timeout cannot interrupt it."""
 
@@ -72,7 +150,7 @@ class InlineExecutor:
         pass
 
 
-class ThreadExecutor:
+class ThreadExecutor(BaseExecutor):
     """A pool of daemon threads. A thread stuck in a task that was abandoned (timed out) is
     replaced at once and quits when its call returns; being a daemon, it never blocks exit."""
 
@@ -164,7 +242,7 @@ def _default_context():
     return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
 
 
-class ProcessExecutor:
+class ProcessExecutor(BaseExecutor):
     """A process pool (``concurrent.futures.ProcessPoolExecutor``). Each result is pickled back
     to the parent. A crashed worker, or an abandoned task, restarts the whole pool."""
 
@@ -210,7 +288,7 @@ def make_executor(executor="thread", workers=None):
     CPUs). One worker thread still frees the caller to write while it decodes, and lets a
     timeout apply; "inline" runs everything in the caller."""
     if not isinstance(executor, str):
-        return executor
+        return executor if isinstance(executor, BaseExecutor) else _Adapted(executor)
     if executor == "ray":
         from .ray import RayExecutor  # the only module that imports ray
 
@@ -246,7 +324,8 @@ def ordered_map(fn, items, executor, window=None, timeout=None, on_fail=None, de
     """Yield ``fn(item)`` for each item, in order, with at most ``window`` items in flight
     (default: 4 per worker). See the module docstring for ``timeout`` and ``on_fail``.
     An exception raised by ``fn`` itself propagates, with a note naming the item."""
-    window = max(1, int(window or 4 * getattr(executor, "workers", 1)))
+    executor = make_executor(executor)
+    window = max(1, int(window or 4 * executor.workers))
     items = iter(items)
     pending = collections.deque()
 
@@ -271,8 +350,7 @@ def ordered_map(fn, items, executor, window=None, timeout=None, on_fail=None, de
         if status == "broken":
             executor.restart()
             return True
-        abandon = getattr(executor, "abandon", None)
-        return bool(abandon(fut)) if abandon else False
+        return bool(executor.abandon(fut))
 
     fill()
     while pending:

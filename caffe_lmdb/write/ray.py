@@ -38,6 +38,7 @@ import threading
 from concurrent.futures import BrokenExecutor, Future
 
 from ..errors import ClusterError, MissingDependencyError
+from .executors import BaseExecutor
 
 __all__ = ["RayExecutor", "WorkerLost", "import_ray", "INSTALL_HINT"]
 
@@ -105,7 +106,7 @@ def _readable_sample(source, look=64):
     return None
 
 
-class RayExecutor:
+class RayExecutor(BaseExecutor):
     """Run tasks on a Ray cluster (see the module docstring).
 
     ``address``: the cluster to join (``"auto"``, ``"ray://head:10001"``, ...). When Ray is
