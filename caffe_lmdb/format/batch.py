@@ -233,7 +233,7 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
 def _float_tags_ok(source, offset, stride, n, count):
     """True when each of ``n`` float runs (``stride`` bytes apart from ``offset`` in
     ``source``) holds ``count`` values that all carry float_data's tag (0x35). OpenCV takes
-    every fifth byte into one plane and finds its extremes, some 1.5x faster than NumPy's
+    every fifth byte into one plane and finds its extremes, faster than NumPy's
     strided comparison (and it releases the GIL)."""
     runs = np.ndarray((n, count, 5), _U8, source, offset, (stride, 5, 1))
     cv2 = cv.cv2()
@@ -248,7 +248,7 @@ def _split_rows(fn, n, nbytes):
     """fn(a, b) over rows [0, n): on one thread per core, 1 MiB of rows or more each, when the
     rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when
     every call returned True."""
-    if nbytes < 2 * _SPLIT_BYTES:  # (checked first: os.cpu_count() costs some 8 us a call)
+    if nbytes < 2 * _SPLIT_BYTES:  # checked first: os.cpu_count() is not free
         return fn(0, n)
     parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
     if parts <= 1:

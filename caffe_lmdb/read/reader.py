@@ -49,7 +49,7 @@ __all__ = ["open", "as_db", "DatumDB"]
 def _low_memory_step(n):
     """Low-memory mode (batches(reuse=True)): records gathered and decoded per call. Each
     decode call copies its values into one bytes object; a quarter of the batch (at least 64
-    records, each call costing some 20 us) keeps that copy and the memoryviews of the values
+    records, as each call has a fixed cost) keeps that copy and the memoryviews of the values
     under one batch."""
     return max(64, -(-n // 4))
 

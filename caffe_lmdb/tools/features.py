@@ -90,7 +90,7 @@ def _shape(db):
 
 def _chunk_records(db):
     """Records per chunk: about 4 MiB of values (the decoder joins a chunk's values into one
-    bytes object; a chunk that stays in the CPU cache decodes about 3x faster)."""
+    bytes object; a chunk that stays in the CPU cache decodes much faster)."""
     with db.begin() as txn:
         size = len(txn.get(db.keys()[0]))
     return min(_CHUNK, max(16, (4 << 20) // max(size, 1)))
