@@ -13,7 +13,7 @@ __all__ = ["array_to_blobproto", "blobproto_to_array", "arraylist_to_blobprotove
            "blobprotovector_str_to_arraylist", "read_mean", "write_mean", "mean_bytes"]
 
 
-def array_to_blobproto(arr, diff=None):
+def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> BlobProto:
     """An N-D array to a BlobProto with ``shape.dim`` (as pycaffe does); data as float32."""
     arr = np.asarray(arr)
     blob = BlobProto()
@@ -24,7 +24,7 @@ def array_to_blobproto(arr, diff=None):
     return blob
 
 
-def blobproto_to_array(blob, return_diff=False):
+def blobproto_to_array(blob: BlobProto, return_diff: bool = False) -> np.ndarray:
     """A BlobProto's data (or diff) as a float32 array: the legacy (num, channels, height, width)
     shape when any of those is set, else ``shape.dim``."""
     values = np.array(blob.diff if return_diff else blob.data, dtype=np.float32)
@@ -38,14 +38,14 @@ def blobproto_to_array(blob, return_diff=False):
     return values.reshape(shape)
 
 
-def arraylist_to_blobprotovector_str(arraylist):
+def arraylist_to_blobprotovector_str(arraylist: list[np.ndarray]) -> bytes:
     """A list of arrays to serialized BlobProtoVector bytes."""
     vec = BlobProtoVector()
     vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
     return vec.SerializeToString()
 
 
-def blobprotovector_str_to_arraylist(str_):
+def blobprotovector_str_to_arraylist(str_: bytes) -> list[np.ndarray]:
     """Serialized BlobProtoVector bytes to a list of arrays."""
     vec = BlobProtoVector()
     try:
@@ -55,7 +55,7 @@ def blobprotovector_str_to_arraylist(str_):
     return [blobproto_to_array(blob) for blob in vec.blobs]
 
 
-def read_mean(path):
+def read_mean(path: str | os.PathLike) -> np.ndarray:
     """The mean stored in a ``.binaryproto`` file, as a (C, H, W) float32 array.
 
     A blob with num > 1 is returned whole, (num, C, H, W).
@@ -74,7 +74,7 @@ def read_mean(path):
     return arr
 
 
-def mean_bytes(array):
+def mean_bytes(array: np.ndarray) -> bytes:
     """Serialized BlobProto of a mean, exactly as compute_image_mean writes it: the legacy shape
     fields num = 1, channels, height, width and the values as packed float32 ``data``."""
     arr = np.asarray(array, dtype=np.float32)
@@ -89,7 +89,7 @@ def mean_bytes(array):
     return blob.SerializeToString()
 
 
-def write_mean(array, path):
+def write_mean(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a (C, H, W) mean to ``path`` as a Caffe ``.binaryproto`` (see :func:`mean_bytes`)."""
     data = mean_bytes(array)
     path = os.fspath(path)

@@ -16,7 +16,10 @@ Two paths lead from bytes to arrays:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import DatumDecodeError, ImageReadError
 from . import cv, datum_pb2
@@ -27,6 +30,9 @@ Datum = datum_pb2.Datum
 BlobShape = datum_pb2.BlobShape
 BlobProto = datum_pb2.BlobProto
 BlobProtoVector = datum_pb2.BlobProtoVector
+
+#: what the parser reads: bytes, or any object exposing a byte buffer (an LMDB value)
+Buffer = Any
 
 __all__ = [
     "Datum", "BlobShape", "BlobProto", "BlobProtoVector",
@@ -71,15 +77,16 @@ def _unpacked_floats(values):
     return rows.tobytes()
 
 
-def datum_bytes(channels=None, height=None, width=None, data=None, label=None,
-                float_data=None, encoded=None):
+def datum_bytes(channels: int | None = None, height: int | None = None,
+                width: int | None = None, data: Buffer | None = None, label: int | None = None,
+                float_data: ArrayLike | None = None, encoded: bool | None = None) -> bytes:
     """Serialize a Datum from its fields; ``None`` leaves a field out.
 
     Produces the bytes ``Datum(...).SerializeToString()`` would (and so the bytes of Caffe's C++
     tools) without building a message, and without copying ``data`` more than once.
     ``data`` may be bytes or any C-contiguous buffer (e.g. a uint8 array).
     """
-    parts = []
+    parts: list = []
     if channels is not None:
         parts += (b"\x08", _int32(channels))
     if height is not None:
@@ -98,14 +105,14 @@ def datum_bytes(channels=None, height=None, width=None, data=None, label=None,
     return b"".join(parts)
 
 
-def _as_chw(arr):
+def _as_chw(arr: ArrayLike) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim != 3:
         raise ValueError(f"expected a 3-D (channels, height, width) array, got shape {arr.shape}")
     return arr
 
 
-def array_to_datum(arr, label=None):
+def array_to_datum(arr: ArrayLike, label: int | None = None) -> Any:
     """A (C, H, W) array to a Datum, as pycaffe's ``caffe.io.array_to_datum``.
 
     uint8 arrays go to ``data`` (and ``encoded`` is set to false explicitly, as convert_imageset
@@ -117,16 +124,16 @@ def array_to_datum(arr, label=None):
     return datum
 
 
-def array_to_datum_bytes(arr, label=None):
+def array_to_datum_bytes(arr: ArrayLike, label: int | None = None) -> bytes:
     """Serialized form of :func:`array_to_datum` (the fast path writers use)."""
-    arr = _as_chw(arr)
-    c, h, w = arr.shape
-    if arr.dtype == _U8:
-        return datum_bytes(c, h, w, data=np.ascontiguousarray(arr), label=label, encoded=False)
-    return datum_bytes(c, h, w, label=label, float_data=arr)
+    chw = _as_chw(arr)
+    c, h, w = chw.shape
+    if chw.dtype == _U8:
+        return datum_bytes(c, h, w, data=np.ascontiguousarray(chw), label=label, encoded=False)
+    return datum_bytes(c, h, w, label=label, float_data=chw)
 
 
-def datum_to_array(datum, color=None):
+def datum_to_array(datum: Any, color: bool | None = None) -> np.ndarray:
     """A Datum message to an array: (C, H, W) uint8 from ``data``, float32 from ``float_data``.
 
     Unlike pycaffe's version this also decodes encoded records (natively, or as ``color`` says:
@@ -311,7 +318,7 @@ def _parse(buf, pos, end, f, snapshot=False):
 _header = (b"", None)
 
 
-def parse_datum(buf):
+def parse_datum(buf: Buffer) -> DatumFields:
     """Parse serialized Datum bytes (bytes, bytearray, memoryview, LMDB buffer) into
     :class:`DatumFields` without copying. Raises DatumDecodeError on malformed input."""
     global _header, _raw_fast
@@ -423,7 +430,8 @@ def _decode_image(buf, f, color, max_pixels):
     return cv.hwc_to_chw(img)
 
 
-def decode(buf, color=None, max_pixels=DEFAULT_MAX_PIXELS):
+def decode(buf: Buffer, color: bool | None = None,
+           max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """Decode one serialized Datum into ``(array, label)``.
 
     * raw records: a read-only (C, H, W) uint8 view of ``buf`` (no copy: it lives as long as

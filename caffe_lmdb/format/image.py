@@ -6,6 +6,7 @@ given bytes it reads nothing.
 from __future__ import annotations
 
 import os
+from typing import Union
 
 import numpy as np
 
@@ -18,6 +19,7 @@ __all__ = ["read_image", "encode_image", "image_to_datum", "extension_of", "exte
            "resize_to"]
 
 _U8 = np.dtype(np.uint8)
+PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]  # noqa: UP007 (runtime)
 
 
 def extension_of(name):
@@ -39,7 +41,8 @@ def resize_to(resize):
     return (h, w) if h > 0 and w > 0 else None
 
 
-def read_image(path_or_bytes, gray=False, resize=None):
+def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
+               resize: tuple[int, int] | None = None) -> tuple[np.ndarray, bytes, str | None]:
     """Decode an image as Caffe's ReadImageToCVMat: BGR (or gray), bilinear resize to (H, W).
 
     Returns ``(image, file_bytes, name)``: the H x W (x 3) array, the undecoded bytes and the name
@@ -66,7 +69,9 @@ def read_image(path_or_bytes, gray=False, resize=None):
     return img, blob, name
 
 
-def encode_image(path_or_bytes, label, resize=None, gray=False, encode=None):
+def encode_image(path_or_bytes: PathOrBytes, label: int | None,
+                 resize: tuple[int, int] | None = None, gray: bool = False,
+                 encode: bool | str | None = None) -> bytes:
     """Serialized Datum for one image file, byte-identical to Caffe's convert_imageset.
 
     * ``encode=None``: a raw record, planar C x H x W BGR (C = 1 with ``gray``), fields channels,
@@ -109,7 +114,9 @@ def encode_image(path_or_bytes, label, resize=None, gray=False, encode=None):
     return datum_bytes(data=payload, label=label, encoded=True)
 
 
-def image_to_datum(path_or_bytes, label, resize=None, gray=False, encode=None):
+def image_to_datum(path_or_bytes: PathOrBytes, label: int | None,
+                   resize: tuple[int, int] | None = None, gray: bool = False,
+                   encode: bool | str | None = None) -> Datum:
     """A Datum message for one image, with Caffe's exact semantics (see :func:`encode_image`)."""
     datum = Datum()
     datum.ParseFromString(encode_image(path_or_bytes, label, resize=resize, gray=gray,

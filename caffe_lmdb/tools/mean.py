@@ -1,11 +1,17 @@
 """compute_image_mean: the mean image of a database (read and write mean files with
 :mod:`caffe_lmdb.format.blob`)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 __all__ = ["compute_mean", "channel_means"]
 
 
-def compute_mean(source, progress=None, batch_size=256):
+def compute_mean(source: Any, progress: Callable[[int, int], Any] | None = None,
+                 batch_size: int = 256) -> np.ndarray:
     """The mean image of a database, as Caffe's compute_image_mean: a (C, H, W) float32 array.
 
     ``source`` is a path or a :class:`~caffe_lmdb.reader.DatumDB` (its path is read with the
@@ -40,7 +46,7 @@ def compute_mean(source, progress=None, batch_size=256):
     return (total / np.float64(n)).astype(np.float32)
 
 
-def channel_means(mean):
+def channel_means(mean: np.ndarray) -> np.ndarray:
     """Per-channel mean values of a (C, H, W) mean image (what compute_image_mean logs as
     ``mean_value channel [c]``), as float64."""
     mean = np.asarray(mean)
