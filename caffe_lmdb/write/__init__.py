@@ -1,0 +1,1 @@
+"""Writers: sources -> encode (in parallel workers) -> one ordered LMDB writer."""
