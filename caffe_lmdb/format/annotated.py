@@ -83,7 +83,7 @@ def _rows(boxes) -> np.ndarray:
     return rows
 
 
-def annotated_bytes(datum: bytes, type: int | None = BBOX, boxes=None) -> bytes:  # noqa: A002
+def annotated_bytes(datum: bytes, type: int | None = BBOX, boxes=None) -> bytes:
     """Serialize an AnnotatedDatum: the Datum bytes, ``type`` (None leaves it out, as
     classification records do) and the box rows (see :data:`BOX_COLUMNS`).
 
@@ -301,7 +301,7 @@ def boxes_to_pixels(boxes, width: int, height: int) -> np.ndarray:
 def messages():
     """The generated protobuf module of proto/annotated.proto (``AnnotatedDatum``,
     ``LabelMap``, ...), imported on first use."""
-    from .. import datum_pb2  # noqa: F401 - registers datum.proto, which annotated.proto imports
+    from .. import datum_pb2  # registers datum.proto, which annotated.proto imports
 
     try:
         from .. import annotated_pb2
