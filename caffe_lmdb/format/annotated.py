@@ -301,10 +301,10 @@ def boxes_to_pixels(boxes, width: int, height: int) -> np.ndarray:
 def messages():
     """The generated protobuf module of proto/annotated.proto (``AnnotatedDatum``,
     ``LabelMap``, ...), imported on first use."""
-    from .. import datum_pb2  # registers datum.proto, which annotated.proto imports
+    from . import datum_pb2  # registers datum.proto, which annotated.proto imports
 
     try:
-        from .. import annotated_pb2
+        from . import annotated_pb2
     except ModuleNotFoundError as exc:
         if exc.name != "datum_pb2":
             raise
@@ -312,7 +312,7 @@ def messages():
         added = "datum_pb2" not in sys.modules
         sys.modules.setdefault("datum_pb2", datum_pb2)
         try:
-            from .. import annotated_pb2
+            from . import annotated_pb2
         finally:
             if added:
                 del sys.modules["datum_pb2"]
