@@ -286,10 +286,12 @@ def parse_annotated(value):
 
 def boxes_to_pixels(boxes, width: int, height: int) -> np.ndarray:
     """A copy of box rows with the coordinates in pixels of a ``width`` x ``height`` image
-    (x times width, y times height, in float64)."""
+    (x times width, y times height, multiplied in float32 as the values are stored: a box
+    written from integer pixels comes back as those integers)."""
     out = np.array(_rows(boxes), dtype=np.float64)
-    out[:, [2, 4]] *= width
-    out[:, [3, 5]] *= height
+    f32 = np.float32
+    out[:, [2, 4]] = out[:, [2, 4]].astype(f32) * f32(width)
+    out[:, [3, 5]] = out[:, [3, 5]].astype(f32) * f32(height)
     return out
 
 
