@@ -516,3 +516,47 @@ def test_sigkill_then_resume(tmp_path, crash):
     assert caffe_lmdb.verify(str(db)).ok if hasattr(caffe_lmdb, "verify") else True
     assert cli_main([*argv, "--resume", str(db)]) == 0
     assert read_lmdb(db) == full
+
+
+# ---------------------------------------------------------------------------------------------
+# info, verify, compute-mean, export
+# ---------------------------------------------------------------------------------------------
+
+
+def test_info_verify_report_boxes(ssd, tmp_path):
+    from caffe_lmdb.tools.dbinfo import info, verify
+
+    report = info(str(ssd / "det_xml_jpg"))
+    assert report.record_format == "AnnotatedDatum"
+    assert report.boxes == 46 and report.without_boxes == 2
+    assert sum(report.box_labels.values()) == 46
+    assert "AnnotatedDatum" in str(report) and "no boxes     2 records" in str(report)
+    assert verify(str(ssd / "det_xml_jpg")).ok  # varying shapes are normal for SSD data
+    with AnnotatedDatumWriter(tmp_path / "db") as w:
+        img = np.zeros((3, 8, 8), np.uint8)
+        w.put(img, [[0.5, 0.1, 0.4, 0.3], [-0.1, 0, 0.5, 1.2]], [1, 2])
+    bad = verify(str(tmp_path / "db"))
+    assert not bad.ok and {p.kind for p in bad.problems} == {"box"}
+    assert bad.boxes_outside == 1 and bad.boxes_degenerate == 1
+
+
+def test_compute_mean_unwraps_annotated_datum(ssd):
+    mean = caffe_lmdb.compute_mean(str(ssd / "det_txt_raw_32x32"))
+    mean = mean[0] if isinstance(mean, tuple) else mean
+    db = caffe_lmdb.open(ssd / "det_txt_raw_32x32")
+    images = np.stack([db[i][0] for i in range(len(db))]).astype(np.float64)
+    assert np.asarray(mean).shape == (3, 32, 32)
+    assert np.allclose(np.asarray(mean), images.mean(axis=0), atol=1e-3)
+
+
+def test_export_writes_voc_xml_that_convert_annoset_reads_back(ssd, tmp_path):
+    from caffe_lmdb.tools.dbinfo import export
+
+    assert export(str(ssd / "det_xml_jpg"), tmp_path / "ex", label_map=ssd / LM) == 16
+    lines = (tmp_path / "ex" / "list.txt").read_text().split("\n")
+    assert lines[0] == "images/cat/img_000.jpg Annotations/images/cat/img_000.xml"
+    convert_annoset(str(tmp_path / "ex") + "/", tmp_path / "ex" / "list.txt", tmp_path / "db",
+                    label_map_file=ssd / LM, encode_type="jpg")
+    # no resize: the integer boxes come back exactly, the files verbatim
+    assert [v for _k, v in read_lmdb(tmp_path / "db")] == \
+        [v for _k, v in read_lmdb(ssd / "det_xml_jpg")]
