@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
+from xml.etree import ElementTree
 from xml.parsers import expat
 
 import numpy as np
@@ -67,19 +68,25 @@ def strtof(text):
 
 
 class _Node:
-    __slots__ = ("tag", "line", "text", "children")
+    """An element with its line (the slow, exact path: only to name the line of an error).
+    It reads like an ElementTree element: ``tag``, ``text``, ``find(tag)``, iteration."""
+    __slots__ = ("tag", "line", "parts", "children")
 
     def __init__(self, tag, line):
-        self.tag, self.line, self.text, self.children = tag, line, [], []
+        self.tag, self.line, self.parts, self.children = tag, line, [], []
 
-    def data(self):
-        return "".join(self.text)
+    @property
+    def text(self):
+        return "".join(self.parts)
 
-    def first(self, tag):
+    def find(self, tag):
         for c in self.children:
             if c.tag == tag:
                 return c
         return None
+
+    def __iter__(self):
+        return iter(self.children)
 
 
 def _parse_xml(path):
@@ -97,7 +104,7 @@ def _parse_xml(path):
         stack.pop()
 
     def chars(text):
-        stack[-1].text.append(text)
+        stack[-1].parts.append(text)
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -141,51 +148,76 @@ def _size(text_h, text_w, img_h, img_w, path, what):
 
 
 def read_xml(path, img_height: int, img_width: int, labels: dict) -> np.ndarray:
-    """Box rows of a PASCAL VOC XML file (the fork's ReadXMLToAnnotatedDatum)."""
-    root = _parse_xml(path)
-    ann = root.first("annotation")
-    if ann is None:
-        top = root.children[0].tag if root.children else None
-        raise AnnotationError(f"the root element is <{top}>, not <annotation>", path)
-    size = ann.first("size")
-    sh = size.first("height") if size is not None else None
-    sw = size.first("width") if size is not None else None
-    height, width = _size(sh.data() if sh is not None else None,
-                          sw.data() if sw is not None else None, img_height, img_width, path,
+    """Box rows of a PASCAL VOC XML file (the fork's ReadXMLToAnnotatedDatum).
+
+    Parsed with ElementTree's C parser; a file with an error is parsed again, slowly, with the
+    line of every element, so that the error names its line."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, IsADirectoryError):
+        root = None
+    if root is not None:
+        try:
+            return _read_voc(root, path, img_height, img_width, labels)
+        except AnnotationError:
+            pass
+    tree = _parse_xml(path)
+    if not tree.children:
+        raise AnnotationError("malformed XML: no element", path)
+    return _read_voc(tree.children[0], path, img_height, img_width, labels)
+
+
+def _line(node):
+    return getattr(node, "line", None)
+
+
+def _data(node):
+    text = node.text
+    return "" if text is None else text
+
+
+def _read_voc(ann, path, img_height, img_width, labels):
+    if ann.tag != "annotation":
+        raise AnnotationError(f"the root element is <{ann.tag}>, not <annotation>", path)
+    size = ann.find("size")
+    sh = size.find("height") if size is not None else None
+    sw = size.find("width") if size is not None else None
+    height, width = _size(_data(sh) if sh is not None else None,
+                          _data(sw) if sw is not None else None, img_height, img_width, path,
                           "<size>")
     fh, fw = _F32(height), _F32(width)
     groups = _Groups()
-    for obj in ann.children:
+    for obj in ann:
         if obj.tag != "object":
             continue
         row = None
         unboxed = []
         difficult = False
-        for child in obj.children:
+        for child in obj:
             if child.tag == "name":
-                name = child.data()
+                name = _data(child)
                 if name not in labels:
                     raise AnnotationError(f"the name {name!r} is not in the label map",
-                                          path, child.line)
+                                          path, _line(child))
                 row = groups.add(labels[name], [0.0] * 7)
                 unboxed.append(row)
             elif child.tag == "difficult":
-                difficult = child.data() == "1"
+                difficult = _data(child) == "1"
             elif child.tag == "bndbox":
                 if row is None:
                     raise AnnotationError("<bndbox> before the object's <name>", path,
-                                          child.line)
+                                          _line(child))
                 coords = []
                 for tag in ("xmin", "ymin", "xmax", "ymax"):
-                    node = child.first(tag)
+                    node = child.find(tag)
                     if node is None:
-                        raise AnnotationError(f"<bndbox> has no <{tag}>", path, child.line)
-                    value = _int32(node.data())
+                        raise AnnotationError(f"<bndbox> has no <{tag}>", path, _line(child))
+                    value = _int32(_data(node))
                     if value is None:
                         raise AnnotationError(
-                            f"<{tag}> is {node.data().strip()!r}, not an integer (SSD-Caffe "
+                            f"<{tag}> is {_data(node).strip()!r}, not an integer (SSD-Caffe "
                             "reads it as 0; round the coordinates to whole pixels)", path,
-                            node.line)
+                            _line(node))
                     coords.append(value)
                 row[2] = float(_F32(coords[0]) / fw)
                 row[3] = float(_F32(coords[1]) / fh)
@@ -196,7 +228,7 @@ def read_xml(path, img_height: int, img_width: int, labels: dict) -> np.ndarray:
                     unboxed.pop()
         if unboxed:
             raise AnnotationError("<object> without a <bndbox> after its <name>", path,
-                                  obj.line)
+                                  _line(obj))
     return groups.rows()
 
 
