@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_convert import make_images, same_db  # noqa: E402
 
 from caffe_lmdb.format.annotated import labelmap_text, messages  # noqa: E402
-from caffe_lmdb.parallel import default_workers  # noqa: E402
 from caffe_lmdb.write.annoset import convert_annoset  # noqa: E402
+from caffe_lmdb.write.executors import default_workers  # noqa: E402
 
 W, H = 500, 375
 CLASSES = ["cat", "dog", "bird", "person"]

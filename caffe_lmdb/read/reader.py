@@ -37,8 +37,8 @@ from operator import itemgetter
 import numpy as np
 
 from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
-from ..format.batch import BatchDecoder, record_shape
 from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, unwrap_datum
+from ..format.batch import BatchDecoder, record_shape
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import detect_backend, open_reader

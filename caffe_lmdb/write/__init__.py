@@ -1,1 +1,0 @@
-"""Writers: sources -> encode (in parallel workers) -> one ordered LMDB writer."""

@@ -34,8 +34,14 @@ import numpy as np
 
 from ..errors import AnnotationError, EncodeError, ImageReadError, ListFileError, OptionError
 from ..format.annofiles import READERS
-from ..format.annotated import (BBOX, annotated_bytes, group_boxes, labelmap_text,
-                                name_to_label, read_labelmap)
+from ..format.annotated import (
+    BBOX,
+    annotated_bytes,
+    group_boxes,
+    labelmap_text,
+    name_to_label,
+    read_labelmap,
+)
 from ..format.datum import datum_bytes
 from ..format.image import read_image
 from ..format.imagesize import DEFAULT_MAX_PIXELS, check_image
