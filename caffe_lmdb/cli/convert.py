@@ -173,7 +173,7 @@ def register(sub):
                    help="name of label 0 (default %(default)s, display name 'background')")
     p.add_argument("--no-background", dest="background", action="store_const", const=None,
                    help="no background item: the first class gets label 0")
-    _bool(p, "overwrite", "replace an existing file")
+    flag(p, "overwrite", "replace an existing file")
     p.set_defaults(func=_labelmap)
 
     p = sub.add_parser("demo", help="convert the sample images shipped with caffe_lmdb and "
@@ -199,7 +199,7 @@ def _annoset_flags(p):
                         "ymax' TXT (default %(default)s)")
     p.add_argument("--label_map_file", default="", metavar="FILE",
                    help="LabelMap prototxt: names of the annotations -> labels (xml, json)")
-    _bool(p, "check_label", "fail on a name given twice in the label map")
+    flag(p, "check_label", "fail on a name given twice in the label map")
     p.add_argument("--min_dim", type=int, default=0, metavar="N",
                    help="scale images whose short side is below N up to it (0: off)")
     p.add_argument("--max_dim", type=int, default=0, metavar="N",

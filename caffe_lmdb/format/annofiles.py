@@ -253,7 +253,7 @@ def read_json(path, img_height: int, img_width: int, labels: dict) -> np.ndarray
         raise AnnotationError("is a folder, not an annotation file", path) from None
     if not isinstance(doc, dict):
         raise AnnotationError("expected a JSON object with \"image\" and \"annotation\"", path)
-    image = doc.get("image") if isinstance(doc.get("image"), dict) else {}
+    image = doc["image"] if isinstance(doc.get("image"), dict) else {}
     height, width = _size(_json_text(image.get("height")), _json_text(image.get("width")),
                           img_height, img_width, path, "image")
     fh, fw = _F32(height), _F32(width)
@@ -297,7 +297,7 @@ def read_txt(path, img_height: int, img_width: int, labels: dict | None = None) 
             raw = f.read()
     except IsADirectoryError:
         raise AnnotationError("is a folder, not an annotation file", path) from None
-    tokens = []
+    tokens: list[tuple[str, int]] = []
     for lineno, line in enumerate(raw.split(b"\n"), 1):  # bytes.split(): C's whitespace
         tokens.extend((tok.decode("latin-1"), lineno) for tok in line.split())
     fh, fw = _F32(img_height), _F32(img_width)

@@ -82,7 +82,7 @@ class DBInfo:
     boxes: int = 0
     box_labels: Counter = field(default_factory=Counter)  # boxes per group label
     without_boxes: int = 0
-    first_without_boxes: bytes = None
+    first_without_boxes: bytes | None = None
     boxes_outside: int = 0     # a coordinate outside [0, 1]
     boxes_degenerate: int = 0  # xmin >= xmax or ymin >= ymax
 

@@ -180,7 +180,7 @@ def encode_annotated(sample: AnnoSample):
     if o.anno_type == "classification":
         return Record(sample.index, sample.key, annotated_bytes(datum, None))
     rows = None
-    if os.path.exists(sample.anno):  # a missing annotation file: a record without boxes
+    if sample.anno is not None and os.path.exists(sample.anno):  # missing: no boxes
         rows = READERS[o.label_type](sample.anno, oh, ow, _label_dict(o.labels))
     return Record(sample.index, sample.key, annotated_bytes(datum, BBOX, rows))
 
@@ -233,12 +233,13 @@ class AnnosetSource:
                 raise ListFileError(f"expected {want} separated by whitespace (paths cannot "
                                     f"hold spaces), got {len(tokens)} fields",
                                     self.list_file, n)
-            path, second = tokens
+            path, text = tokens
+            second: bytes | int = text
             if not detection:
-                if not _INT.fullmatch(second) or not -(1 << 31) <= int(second) < (1 << 31):
-                    raise ListFileError(f"label {second.decode('utf-8', 'replace')!r} is not "
+                if not _INT.fullmatch(text) or not -(1 << 31) <= int(text) < (1 << 31):
+                    raise ListFileError(f"label {text.decode('utf-8', 'replace')!r} is not "
                                         "an int32", self.list_file, n)
-                second = int(second)
+                second = int(text)
             if not self.encode_type and self.encoded and b"." not in path:
                 raise ListFileError(f"{path.decode('utf-8', 'replace')} has no extension for "
                                     "--encoded to guess the type from: give --encode_type",
@@ -247,12 +248,11 @@ class AnnosetSource:
             self._second.append(second)
             self._lines.append(n)
         del lines
+        self._order: np.ndarray | None = None
         if shuffle:
             if seed is None:
                 seed = random.SystemRandom().randrange(1 << 63)
             self._order = np.random.default_rng(seed).permutation(len(self._paths))
-        else:
-            self._order = None
         self.seed = seed if shuffle else None
         for i in range(len(self._paths)):
             j = self._entry(i)
@@ -320,7 +320,7 @@ def convert_annoset(root, list_file, db, *, anno_type: str = "detection",
     """
     if anno_type not in ANNO_TYPES:
         raise OptionError(f"anno_type must be detection or classification, not {anno_type!r}")
-    labels = ()
+    labels: tuple[tuple[str, int], ...] = ()
     if anno_type == "detection":
         if label_type not in READERS:
             raise OptionError(f"label_type must be xml, json or txt, not {label_type!r}")
