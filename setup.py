@@ -5,6 +5,7 @@ source tree, so that both `pip install .` (copied into the wheel by build_py) an
 `pip install -e .` (imported from the source tree) find it.
 """
 import os
+import re
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -27,6 +28,11 @@ def compile_proto():
         args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", proto]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {proto}")
+        with open(target) as f:  # protoc imports a sibling .proto's module as top-level
+            text = re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", f.read(),
+                          flags=re.M)
+        with open(target, "w") as f:
+            f.write(text)
 
 
 class BuildPyWithProto(build_py):

@@ -131,3 +131,16 @@ class KeyRangeError(CaffeLMDBError, ValueError):
 class OptionError(CaffeLMDBError, ValueError):
     """Options that are out of range or contradict each other (e.g. ``--shard`` with
     ``--shuffle`` but no ``--seed``)."""
+
+
+class AnnotationError(CaffeLMDBError, ValueError):
+    """An annotation file (VOC XML, COCO-style JSON, TXT) or a label map that cannot be used:
+    malformed, a coordinate that is not a number, a name missing from the label map. ``path``
+    and ``lineno`` (when known) name the place."""
+
+    def __init__(self, message, path=None, lineno=None):
+        self.path = path
+        self.lineno = lineno
+        if path is not None:
+            message = f"{path}{f':{lineno}' if lineno else ''}: {message}"
+        super().__init__(message)

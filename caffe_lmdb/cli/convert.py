@@ -1,4 +1,5 @@
-"""Converter commands: convert-imageset, convert-mnist, convert-cifar, convert-folder, demo.
+"""Converter commands: convert-imageset, convert-annoset, convert-mnist, convert-cifar,
+convert-folder, labelmap, demo.
 
 Caffe's flags are accepted in gflags' spellings: ``-gray``, ``--gray``, ``--gray=true``,
 ``--nogray``, ``--resize_height=256``, ``--resize_height 256``, ``-resize_height=256``.
@@ -17,10 +18,11 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 # Caffe's flag names (and ours) for the gflags-style normalization of argv
 _BOOL_FLAGS = {"gray", "shuffle", "check_size", "encoded", "overwrite", "resume", "strict",
-               "index_keys", "quiet"}
+               "index_keys", "quiet", "check_label"}
 _VALUE_FLAGS = {"resize_height", "resize_width", "encode_type", "backend", "seed", "workers",
                 "ray_address", "shard",
-                "targets", "timeout", "executor", "map_size", "max_pixels"}
+                "targets", "timeout", "executor", "map_size", "max_pixels",
+                "anno_type", "label_type", "label_map_file", "min_dim", "max_dim"}
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 _FLAG = re.compile(r"^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
@@ -120,6 +122,14 @@ _CONVERTERS = {
         [("root", "ROOTFOLDER/"), ("list_file", "LISTFILE"), ("db", "DB_NAME")], True,
         lambda a, opts: api.convert_imageset(a.root, a.list_file, a.db, targets=a.targets,
                                              **opts)),
+    "convert-annoset": (
+        "SSD-Caffe's convert_annoset: ROOTFOLDER/ + LISTFILE ('image annotation' lines, or "
+        "'image label' with --anno_type=classification) to an LMDB of AnnotatedDatum",
+        [("root", "ROOTFOLDER/"), ("list_file", "LISTFILE"), ("db", "DB_NAME")], True,
+        lambda a, opts: _annoset().convert_annoset(
+            a.root, a.list_file, a.db, anno_type=a.anno_type, label_type=a.label_type,
+            label_map_file=a.label_map_file or None, check_label=a.check_label,
+            min_dim=a.min_dim, max_dim=a.max_dim, **opts)),
     "convert-folder": (
         "a folder of class subfolders to an LMDB (labels by sorted class name)",
         [("root", "ROOT"), ("db", "DB")], True,
@@ -145,6 +155,8 @@ def register(sub):
                            help="lmdb (Caffe's third argument; optional)")
         if images:
             _image_flags(p)
+        if name == "convert-annoset":
+            _annoset_flags(p)
         if name == "convert-imageset":
             p.add_argument("--targets", type=int, default=0, metavar="K",
                            help="lines are 'path label v1 .. vK': also write the K values to a "
@@ -152,12 +164,60 @@ def register(sub):
         _common(p)
         p.set_defaults(func=_converter(name, images, call))
 
+    p = sub.add_parser("labelmap", help="write a label map (labelmap.prototxt) from a class "
+                       "list", description="Write an SSD-Caffe label map from a class list "
+                       "(one class a line; 'name display name' sets a display name).")
+    p.add_argument("classes", metavar="CLASSES", help="text file, one class a line ('-': stdin)")
+    p.add_argument("out", metavar="LABELMAP", help="the label map to write")
+    p.add_argument("--background", default="none_of_the_above",
+                   help="name of label 0 (default %(default)s, display name 'background')")
+    p.add_argument("--no-background", dest="background", action="store_const", const=None,
+                   help="no background item: the first class gets label 0")
+    flag(p, "overwrite", "replace an existing file")
+    p.set_defaults(func=_labelmap)
+
     p = sub.add_parser("demo", help="convert the sample images shipped with caffe_lmdb and "
                        "print the summary")
     p.add_argument("out", nargs="?", default="sample_lmdb", metavar="OUT")
     p.add_argument("--workers", type=int, default=None)
     flag(p, "quiet", "no progress bar")
     p.set_defaults(func=_demo)
+
+
+def _annoset():
+    from ..write import annoset  # the SSD fork's tool
+
+    return annoset
+
+
+def _annoset_flags(p):
+    p.add_argument("--anno_type", default="detection", choices=("detection", "classification"),
+                   help="detection: 'image annotation' lines; classification: 'image label' "
+                        "(default %(default)s)")
+    p.add_argument("--label_type", default="xml", choices=("xml", "json", "txt"),
+                   help="annotation files: VOC XML, COCO-style JSON or 'label xmin ymin xmax "
+                        "ymax' TXT (default %(default)s)")
+    p.add_argument("--label_map_file", default="", metavar="FILE",
+                   help="LabelMap prototxt: names of the annotations -> labels (xml, json)")
+    flag(p, "check_label", "fail on a name given twice in the label map")
+    p.add_argument("--min_dim", type=int, default=0, metavar="N",
+                   help="scale images whose short side is below N up to it (0: off)")
+    p.add_argument("--max_dim", type=int, default=0, metavar="N",
+                   help="scale images whose long side is above N down to it (0: off)")
+
+
+def _labelmap(args):
+    if os.path.exists(args.out) and not args.overwrite:
+        raise _UsageError(f"{args.out} exists; use --overwrite to replace it")
+    if args.classes == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(args.classes, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    items = _annoset().write_labelmap(args.out, lines, background=args.background)
+    print(f"{args.out}: {len(items)} labels ({items[0][0]} = {items[0][1]} .. "
+          f"{items[-1][0]} = {items[-1][1]})" if items else f"{args.out}: no labels")
+    return 0
 
 
 def _progress(args, what):
@@ -295,4 +355,5 @@ def preprocess(argv):
     return argv
 
 
-_COMMANDS = ("convert-imageset", "convert-folder", "convert-mnist", "convert-cifar", "demo")
+_COMMANDS = ("convert-imageset", "convert-annoset", "convert-folder", "convert-mnist",
+             "convert-cifar", "demo")

@@ -32,6 +32,8 @@ def register(sub):
     p.add_argument("out", metavar="OUT", help="a new folder (or the .npz file with --npz)")
     p.add_argument("--npz", action="store_true",
                    help="write images (N,C,H,W), labels and keys into OUT.npz instead")
+    p.add_argument("--label_map", "--label-map", dest="label_map", metavar="LABELMAP",
+                   help="detection databases: names for the VOC XML files (labelmap.prototxt)")
 
     p = _command(sub, "features", _features_cmd,
                  "an extract_features LMDB to NumPy (.npy), streamed")
@@ -81,7 +83,7 @@ def _verify(args):
 
 def _export(args):
     n = with_progress(args, "export", lambda progress: _inspect.export(
-        args.db, args.out, npz=args.npz, progress=progress))
+        args.db, args.out, npz=args.npz, progress=progress, label_map=args.label_map))
     where = args.out if not args.npz or args.out.endswith(".npz") else args.out + ".npz"
     listing = "" if args.npz else f", list file {os.path.join(where, 'list.txt')}"
     print(f"{args.db} -> {where}: {n} records{listing}")

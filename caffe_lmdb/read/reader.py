@@ -37,8 +37,9 @@ from operator import itemgetter
 import numpy as np
 
 from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
+from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, unwrap_datum
 from ..format.batch import BatchDecoder, record_shape
-from ..format.datum import parse_datum
+from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import detect_backend, open_reader
 from .keyindex import KeysAt, RangeKeys, position, scan_keys
@@ -170,6 +171,7 @@ class DatumDB:
         self.dtype = None if o["dtype"] is None else np.dtype(o["dtype"])
         self._store = open_reader(self.path, lock=o["lock"], readahead=o["readahead"])
         self._index = None
+        self._kind = None
         self._expected_len = None
         self._epoch = 0
         self._decoder = BatchDecoder(layout=self.layout, channel_order=self.channel_order,
@@ -209,14 +211,39 @@ class DatumDB:
     def _load(self):
         with self.begin(buffers=False) as txn:  # refresh() after a writer grew the map, too
             index = scan_keys(txn)
+            kind = "datum"
             if len(index):
                 key = index[0]
-                _check_first_record(self.path, key, txn.get(key))
+                value = txn.get(key)
+                if is_annotated(value):  # SSD-Caffe's AnnotatedDatum: check its Datum
+                    kind = "annotated"
+                    try:
+                        value = unwrap_datum(value)
+                    except DatumDecodeError as exc:
+                        raise NotADatumDBError(f"{self.path}: the value of key {show_key(key)} "
+                                               f"is not a Datum nor an AnnotatedDatum ({exc}); "
+                                               f"it looks like {describe_bytes(value)}") from None
+                _check_first_record(self.path, key, value)
         if self._expected_len is not None and len(index) != self._expected_len:
             raise NotADatumDBError(
                 f"{self.path} changed since it was opened: it had {self._expected_len} records "
                 f"in the process that pickled it, {len(index)} now")
         self._index = index
+        self._kind = kind
+
+    @property
+    def kind(self):
+        """``"datum"`` (Caffe's Datum records) or ``"annotated"`` (SSD-Caffe's AnnotatedDatum:
+        a Datum plus boxes, see :meth:`boxes`), from the first record."""
+        if self._kind is None:
+            self._load()
+        return self._kind
+
+    def _inner(self, values):
+        """The Datum of each value (AnnotatedDatum records are unwrapped, without a copy)."""
+        if self.kind != "annotated":
+            return values
+        return [unwrap_datum(v) if v[:1] == b"\x0a" else v for v in values]
 
     def _keys(self):
         if self._index is None:
@@ -288,7 +315,7 @@ class DatumDB:
             value = txn.get(key)
             if value is None:
                 return missing()
-            arr, label = self._decode_one(value, key)
+            arr, label = self._decode_one(self._inner([value])[0], key)
         return arr, label
 
     def _decode_one(self, value, key):
@@ -329,8 +356,11 @@ class DatumDB:
         return self._read_positions(positions, fresh=True)
 
     def batches(self, batch_size, shuffle=False, seed=None, drop_last=False, shard=None,
-                epoch=None, reuse=False):
+                epoch=None, reuse=False, boxes=False, pixels=False):
         """Yield ``(images, labels)``: (N, C, H, W) (or (N, H, W, C)) arrays and (N,) int64.
+
+        * ``boxes=True`` (AnnotatedDatum databases): ``(images, labels, boxes)``, boxes a list
+          of each image's box rows (see :meth:`boxes`; in pixels with ``pixels=True``).
 
         * ``shuffle=False``: key order (Caffe's order); each batch is one cursor run.
         * ``shuffle=True``: a permutation of the positions per epoch, from
@@ -378,9 +408,69 @@ class DatumDB:
             if drop_last and stop - start < batch_size:
                 break
             if positions is None:
-                yield self._read_range(start, stop - start, reuse)
+                batch = self._read_range(start, stop - start, reuse)
             else:
-                yield self._read_positions(positions[start:stop], fresh=False, reuse=reuse)
+                batch = self._read_positions(positions[start:stop], fresh=False, reuse=reuse)
+            if boxes:
+                at = np.arange(start, stop) if positions is None else positions[start:stop]
+                batch = (*batch, self.read_boxes(at, pixels))
+            yield batch
+
+    # -- boxes of AnnotatedDatum records --------------------------------------------------------
+
+    def boxes(self, i, pixels=False):
+        """The boxes of record ``i`` (a position, or a key as str or bytes) of an AnnotatedDatum
+        database: an (N, 7) float64 array of rows ``group_label, instance_id, xmin, ymin, xmax,
+        ymax, difficult`` in the record's order, coordinates normalized as stored (float32
+        values), or in pixels of the decoded image with ``pixels=True``."""
+        if isinstance(i, (str, bytes)):
+            key = _as_key(i)
+        else:
+            index = self._keys()
+            key = index[position(int(i), len(index))]
+        with self.begin() as txn:
+            value = txn.get(key)
+            if value is None:
+                raise KeyError(f"no record with key {show_key(key)} in {self.path}")
+            return self._rows(value, key, pixels)
+
+    def read_boxes(self, positions, pixels=False):
+        """The box rows (see :meth:`boxes`) of the records at these positions, in order."""
+        keys = self._keys().take(np.asarray(positions, np.int64))
+        with self.begin() as txn:
+            return [self._rows(txn.get(key), key, pixels) for key in keys]
+
+    def box_items(self):
+        """``(key, boxes)`` of every record in key order (normalized box rows; see
+        :meth:`boxes`), without decoding images."""
+        self._need_boxes()
+        index = self._keys()
+        for start in range(0, len(index), 1024):
+            with self.begin() as txn:
+                keys = [index[j] for j in range(start, min(len(index), start + 1024))]
+                rows = [self._rows(txn.get(k), k, False) for k in keys]
+            yield from zip(keys, rows, strict=True)
+
+    def _need_boxes(self):
+        if self.kind != "annotated":
+            raise NotADatumDBError(f"{self.path} holds Datum records, which have no boxes "
+                                   "(boxes are in SSD-Caffe's AnnotatedDatum records)")
+
+    def _rows(self, value, key, pixels):
+        self._need_boxes()
+        if value is None:
+            _changed(self.path, key)
+        try:
+            datum, _type, rows = parse_annotated(value)
+        except DatumDecodeError as exc:
+            raise DatumDecodeError(str(exc), key) from exc
+        if pixels:
+            f = parse_datum(datum)
+            h, w = f.height, f.width
+            if not (h and w):  # an encoded Datum without its size: decode to learn it
+                h, w = decode(datum)[0].shape[1:]
+            rows = boxes_to_pixels(rows, w, h)
+        return rows
 
     def _read_range(self, start, count, reuse=False):
         keys = RangeKeys(self._keys(), start)
@@ -404,6 +494,7 @@ class DatumDB:
             inverse[order] = np.arange(len(order))
             values = [found[0]] if len(found) == 1 else \
                 list(itemgetter(*inverse.tolist())(found))
+            values = self._inner(values)
             step = _low_memory_step(len(values)) if reuse else len(values)
             chunks = [values[a:a + step] for a in range(0, len(values), step)]
             return self._decode_values(chunks, KeysAt(index, positions), len(values),
@@ -420,7 +511,7 @@ class DatumDB:
             values = list(islice(it, min(step, count - a)))
             if len(values) != min(step, count - a):
                 _changed(self.path, first)
-            yield values
+            yield self._inner(values)
 
     def _gather_range(self, txn, start, count):
         """The values of positions start .. start + count - 1: one cursor run."""
@@ -493,7 +584,7 @@ class DatumDB:
             value = txn.get(key)
             if value is None:
                 _changed(self.path, key)
-            return record_shape(value, key)
+            return record_shape(self._inner([value])[0], key)
 
 
 _DEFAULTS = dict(channel_order="BGR", layout="CHW", dtype=None, color=None, readahead=False,

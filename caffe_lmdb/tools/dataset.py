@@ -17,7 +17,7 @@ from ..errors import show_key
 from ..read.reader import DatumDB
 from ..read.reader import open as open_db
 
-__all__ = ["DatumDataset"]
+__all__ = ["DatumDataset", "detection_collate"]
 
 
 class DatumDataset(Dataset):
@@ -38,10 +38,18 @@ class DatumDataset(Dataset):
         Records are matched by key, not by position; a key missing from the companion raises
         KeyError naming it.
     to_tensor : False keeps images as NumPy arrays.
+
+    Detection databases (SSD-Caffe's AnnotatedDatum records, ``db.kind == "annotated"``):
+    samples are ``(image, boxes, labels)``, boxes a (N, 4) float32 tensor ``xmin, ymin, xmax,
+    ymax`` (normalized as stored, or in pixels of the image with ``pixels=True``) and labels
+    the (N,) int64 group labels; batch them with :func:`detection_collate`. A ``transform``
+    of the image alone would move the pixels away from their boxes, so it is refused there:
+    pass ``joint_transform(image, boxes, labels) -> (image, boxes, labels)`` instead.
     """
 
     def __init__(self, db, transform=None, target_transform=None, companion=None,
-                 keep_label=False, to_tensor=True, **options):
+                 keep_label=False, to_tensor=True, joint_transform=None, pixels=False,
+                 **options):
         self.db = db if isinstance(db, DatumDB) else open_db(db, **options)
         if options and isinstance(db, DatumDB):
             raise ValueError("pass reader options to caffe_lmdb.open, or a path here")
@@ -52,6 +60,16 @@ class DatumDataset(Dataset):
                 raise ValueError(f"{self.companion.path} has {len(self.companion)} records and "
                                  f"{self.db.path} {len(self.db)}: a companion holds one record "
                                  "per image, under the same keys")
+        self.detection = self.db.kind == "annotated"
+        if self.detection and (transform is not None or target_transform is not None):
+            raise ValueError(f"{self.db.path} holds detection records (AnnotatedDatum): a "
+                             "transform of the image alone would leave the boxes behind; "
+                             "pass joint_transform(image, boxes, labels) instead")
+        if joint_transform is not None and not self.detection:
+            raise ValueError("joint_transform applies to detection databases (AnnotatedDatum "
+                             "records); use transform and target_transform")
+        self.joint_transform = joint_transform
+        self.pixels = pixels
         self.transform = transform
         self.target_transform = target_transform
         self.keep_label = keep_label
@@ -65,6 +83,9 @@ class DatumDataset(Dataset):
         return f"DatumDataset({self.db.path!r}{extra}) with {len(self)} records"
 
     def __getitem__(self, i):
+        if self.detection:
+            image, _ = self.db[i]
+            return self._detection(image, self.db.boxes(int(i), pixels=self.pixels))
         image, label = self.db[i]
         targets = None
         if self.companion is not None:
@@ -79,6 +100,11 @@ class DatumDataset(Dataset):
         """A batch of samples (DataLoader's batched fetch): values read in key order in one
         transaction and decoded together."""
         images, labels = self.db.read(indices)
+        if self.detection:
+            n = len(self.db)
+            at = [int(j) + n if int(j) < 0 else int(j) for j in indices]
+            return [self._detection(images[j], rows)
+                    for j, rows in enumerate(self.db.read_boxes(at, self.pixels))]
         targets = None
         if self.companion is not None:
             keys = self.db.keys().take(np.where(np.asarray(indices) < 0,
@@ -93,6 +119,16 @@ class DatumDataset(Dataset):
         return [self._sample(images[j], int(labels[j]),
                              None if targets is None else targets[j])
                 for j in range(len(images))]
+
+    def _detection(self, image, rows):
+        boxes = np.ascontiguousarray(rows[:, 2:6], np.float32)
+        labels = rows[:, 0].astype(np.int64)
+        if self.to_tensor:
+            image, boxes, labels = (torch.from_numpy(image), torch.from_numpy(boxes),
+                                    torch.from_numpy(labels))
+        if self.joint_transform is not None:
+            return self.joint_transform(image, boxes, labels)
+        return image, boxes, labels
 
     def _missing(self, key):
         return f"{self.companion.path} has no record with key {show_key(key)} of {self.db.path}"
@@ -113,3 +149,15 @@ class DatumDataset(Dataset):
         if targets is not None and self.keep_label:
             return image, label, target
         return image, target
+
+
+def detection_collate(batch):
+    """DataLoader ``collate_fn`` for detection samples ``(image, boxes, labels)``: images
+    stacked into one tensor (a list when their shapes differ), boxes and labels as lists (one
+    tensor per image: images hold different numbers of boxes)."""
+    images, boxes, labels = zip(*batch, strict=True)
+    if all(torch.is_tensor(im) for im in images) and len({tuple(im.shape) for im in images}) == 1:
+        images = torch.stack(images)
+    else:
+        images = list(images)
+    return images, list(boxes), list(labels)

@@ -78,6 +78,13 @@ class DBInfo:
     raw_without_encoded: int = 0
     problems: list = field(default_factory=list)
     problem_count: int = 0
+    record_format: str = "Datum"  # or "AnnotatedDatum" (SSD-Caffe detection records)
+    boxes: int = 0
+    box_labels: Counter = field(default_factory=Counter)  # boxes per group label
+    without_boxes: int = 0
+    first_without_boxes: bytes | None = None
+    boxes_outside: int = 0     # a coordinate outside [0, 1]
+    boxes_degenerate: int = 0  # xmin >= xmax or ymin >= ymax
 
     @property
     def ok(self):
@@ -99,6 +106,8 @@ class DBInfo:
             if self.last_keys:
                 shown += ["..."] + [show_key(k) for k in self.last_keys]
             lines.append(f"  sample keys  {', '.join(shown)}")
+        if self.record_format != "Datum":
+            lines.append(f"  format       {self.record_format} (SSD-Caffe: a Datum plus boxes)")
         if self.kinds:
             lines.append("  records      " + ", ".join(f"{n} {kind}" for kind, n
                                                        in sorted(self.kinds.items())))
@@ -113,6 +122,15 @@ class DBInfo:
             lines.append(f"  labels       {hist}{more}")
         if self.without_label:
             lines.append(f"  no label     {self.without_label} records")
+        if self.record_format != "Datum":
+            hist = ", ".join(f"{label}: {n}" for label, n in sorted(self.box_labels.items()))
+            lines.append(f"  boxes        {self.boxes} ({hist or 'none'}, by group label)")
+            lines.append(f"  no boxes     {self.without_boxes} records"
+                         + (f" (first {show_key(self.first_without_boxes)})"
+                            if self.without_boxes else ""))
+            if self.boxes_outside or self.boxes_degenerate:
+                lines.append(f"  odd boxes    {self.boxes_outside} outside [0, 1], "
+                             f"{self.boxes_degenerate} with xmin >= xmax or ymin >= ymax")
         if self.raw_without_encoded:
             lines.append(f"  note         {self.raw_without_encoded} raw records have no "
                          "'encoded' field (as Caffe's MNIST/CIFAR converters write): Caffe "
@@ -274,6 +292,33 @@ def _file_sizes(db, report):
     report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
 
 
+def _box_facts(db, report, scan, problems):
+    """Boxes of an AnnotatedDatum database: count, labels, records without boxes, odd boxes
+    (problems of verify when ``problems``)."""
+    if db.kind != "annotated":
+        return
+    report.record_format = "AnnotatedDatum"
+    for key, rows in db.box_items():
+        if not len(rows):
+            report.without_boxes += 1
+            if report.first_without_boxes is None:
+                report.first_without_boxes = bytes(key)
+            continue
+        report.boxes += len(rows)
+        report.box_labels.update(int(v) for v in rows[:, 0])
+        c = rows[:, 2:6]
+        outside = ((c < 0) | (c > 1)).any(axis=1)
+        degenerate = (c[:, 0] >= c[:, 2]) | (c[:, 1] >= c[:, 3])
+        report.boxes_outside += int(outside.sum())
+        report.boxes_degenerate += int(degenerate.sum())
+        if problems:
+            for j in np.flatnonzero(outside | degenerate):
+                what = "outside [0, 1]" if outside[j] else "empty (xmin >= xmax or ymin >= ymax)"
+                box = ", ".join(f"{v:.4g}" for v in c[j])
+                scan.problem("box", key, f"box {j} (label {int(rows[j, 0])}) is {what}: "
+                             f"xmin, ymin, xmax, ymax = {box}")
+
+
 def info(source, decode_images="sample", progress=None):
     """A :class:`DBInfo` of a database (path or DatumDB). Reads every record's header (for the
     kinds, shapes and labels); encoded images are decoded for their shapes only for the first
@@ -283,6 +328,7 @@ def info(source, decode_images="sample", progress=None):
     report = scan.run(progress)
     _key_facts(db, report)
     _file_sizes(db, report)
+    _box_facts(db, report, scan, problems=False)
     return report
 
 
@@ -295,6 +341,7 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     report = scan.run(progress)
     _key_facts(db, report)
     _file_sizes(db, report)
+    _box_facts(db, report, scan, problems=True)
     if report.unpadded:
         a, b = report.out_of_order
         scan.problem("keys", None,
@@ -302,7 +349,8 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
                      f"{show_key(a)} before {show_key(b)}, so records are not in their "
                      "numeric order; a list of labels kept beside this database is out of step "
                      "with it (write keys with %08d)")
-    if len(report.shapes) > 1:
+    if len(report.shapes) > 1 and report.record_format == "Datum":
+        # (SSD's AnnotatedDataLayer resizes each image: detection records may differ)
         shown = ", ".join(
             f"{'x'.join(map(str, s))} x {n} (first {show_key(report.first_key_of_shape[s])})"
             for s, n in report.shapes.most_common(5))
@@ -366,7 +414,26 @@ def _prepare_dir(out):
     os.makedirs(out, exist_ok=True)
 
 
-def export(source, out, npz=False, list_name="list.txt", progress=None):
+def _voc_xml(name, rows, shape, names):
+    """A PASCAL VOC annotation of one image: boxes in pixels, rounded to integers."""
+    from xml.sax.saxutils import escape
+
+    c, h, w = shape
+    objs = []
+    for r in rows:
+        label = int(r[0])
+        box = [int(round(v)) for v in r[2:6]]
+        objs.append(f"  <object>\n    <name>{escape(names.get(label, str(label)))}</name>\n"
+                    f"    <difficult>{int(r[6])}</difficult>\n    <bndbox>\n"
+                    f"      <xmin>{box[0]}</xmin>\n      <ymin>{box[1]}</ymin>\n"
+                    f"      <xmax>{box[2]}</xmax>\n      <ymax>{box[3]}</ymax>\n"
+                    "    </bndbox>\n  </object>\n")
+    return (f"<annotation>\n  <filename>{escape(name)}</filename>\n  <size>\n"
+            f"    <width>{w}</width>\n    <height>{h}</height>\n    <depth>{c}</depth>\n"
+            f"  </size>\n{''.join(objs)}</annotation>\n")
+
+
+def export(source, out, npz=False, list_name="list.txt", progress=None, label_map=None):
     """Write a database's records back out.
 
     * images (default): one file per record under folder ``out``, named after its key (the
@@ -379,8 +446,19 @@ def export(source, out, npz=False, list_name="list.txt", progress=None):
     * ``npz=True``: one ``out`` ``.npz`` file with ``images`` (N, C, H, W), ``labels`` (N,)
       and ``keys`` (N,), written a chunk at a time (all records must have one shape).
 
+    Detection databases (SSD-Caffe's AnnotatedDatum) also get a PASCAL VOC file per image
+    under ``out/Annotations/`` (boxes in pixels of the stored image, rounded to integers;
+    names from ``label_map``, a labelmap.prototxt, else the label numbers), and the list's
+    lines are ``image annotation`` as convert_annoset reads them.
+
     Returns the number of records written."""
     db = as_db(source)
+    detection = db.kind == "annotated"
+    names = {}
+    if detection and label_map is not None:
+        from ..format.annotated import read_labelmap
+
+        names = {label: name for name, label, _ in read_labelmap(label_map)}
     out = os.fspath(out)
     if npz:
         return _export_npz(db, out, progress)
@@ -403,6 +481,16 @@ def export(source, out, npz=False, list_name="list.txt", progress=None):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with open(target, "wb") as f:
                     f.write(data)
+                if detection:
+                    rows = db.boxes(start + j, pixels=True)
+                    shape = db[start + j][0].shape
+                    xml = "Annotations/" + os.path.splitext(name)[0] + ".xml"
+                    target = os.path.join(out, *xml.split("/"))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with open(target, "w", encoding="utf-8") as f:
+                        f.write(_voc_xml(name, rows, shape, names))
+                    listing.write(f"{name} {xml}\n")
+                    continue
                 listing.write(f"{name} {label}\n")
             if progress is not None:
                 progress(start + len(values), n)

@@ -718,6 +718,8 @@ def contact_sheet(db, n: int = 64, start: int = 0, *, shuffle: bool = False,
 
 def _read_records(db, records: list[_Record], tile: int, channel_order: str) -> None:
     boxes = getattr(db, "boxes", None)
+    if getattr(db, "kind", "annotated") != "annotated":  # a DatumDB of plain Datum records
+        boxes = None
     if callable(boxes):  # detection records: the database object decodes them
         for rec in records:
             try:

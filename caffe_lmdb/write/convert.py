@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..errors import ImageReadError, OptionError, ResumeError, ShapeMismatchError, SourceFormatError
+from ..format.annotated import is_annotated, unwrap_datum
 from ..format.datum import array_to_datum_bytes, parse_datum
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import index_key
@@ -326,7 +327,10 @@ class _Conversion:
 
 def _check_size(rec, first_shape):
     """convert_imageset's --check_size: every raw record has the first one's shape."""
-    f = parse_datum(rec.value)
+    value = rec.value
+    if is_annotated(value):  # an SSD AnnotatedDatum: check its Datum
+        value = unwrap_datum(value)
+    f = parse_datum(value)
     if f.encoded:
         return first_shape  # encoded records carry no shape (Caffe's check cannot apply)
     shape = [f.channels, f.height, f.width]

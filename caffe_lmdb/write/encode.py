@@ -70,6 +70,8 @@ def encode(sample):
                       datum_bytes(c, h, w, data=sample.data, label=sample.label))
     if isinstance(sample, ArraySample):
         return Record(sample.index, sample.key, array_to_datum_bytes(sample.array, sample.label))
+    if hasattr(sample, "encode"):  # samples of other record kinds encode themselves
+        return sample.encode()
     raise TypeError(f"encode() does not know samples of type {type(sample).__name__}")
 
 
