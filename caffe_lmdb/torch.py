@@ -1,8 +1,8 @@
 """``caffe_lmdb.torch``: PyTorch support. Importing it imports torch (an optional extra);
-``import caffe_lmdb`` alone never does. See :mod:`caffe_lmdb.dataset`."""
-from .tools.dataset import DatumDataset, detection_collate
+``import caffe_lmdb`` alone never does. See :mod:`caffe_lmdb.tools.dataset`."""
+from .tools.dataset import DatumDataset, collate, detection_collate
 
-__all__ = ["DatumDataset", "detection_collate", "from_prototxt"]
+__all__ = ["DatumDataset", "collate", "detection_collate", "from_prototxt"]
 
 
 def from_prototxt(text_or_path, phase="train", *, layer=None, root=None, seed=None, level=None,

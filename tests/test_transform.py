@@ -490,19 +490,20 @@ def test_dataloader_variable_sizes_every_pair(tmp_path, method):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
-    from caffe_lmdb.torch import DatumDataset
+    from caffe_lmdb.torch import DatumDataset, collate
 
     path, truth = variable_jpeg_db(tmp_path / "db")
     t = Transform(crop_size=18, mean_value=(10, 20, 30), scale=0.5, phase="test")
-    cases = [(t, {k: t(v) for k, v in truth.items()})]
+    cases = [(t, {k: t(v) for k, v in truth.items()}, collate)]  # batches in shared memory
     if method == "fork":  # (spawn workers start slowly: one loader is enough there)
         cases.append((resize_to_16, {k: resize_to_16(torch.from_numpy(v))
-                                     for k, v in truth.items()}))
-    for transform, want in cases:
+                                     for k, v in truth.items()}, None))
+        cases.append((t, cases[0][1], None))  # default_collate
+    for transform, want, collate_fn in cases:
         ds = DatumDataset(path, transform=transform)
         ds.db[0]  # open in the parent before the workers start
         loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=2,
-                            multiprocessing_context=method,
+                            multiprocessing_context=method, collate_fn=collate_fn,
                             generator=torch.Generator().manual_seed(1))
         seen = []
         for images, labels in loader:

@@ -18,7 +18,50 @@ from ..messages import show_key
 from ..read.reader import DatumDB
 from ..read.reader import open as open_db
 
-__all__ = ["DatumDataset", "detection_collate"]
+__all__ = ["DatumDataset", "collate", "detection_collate"]
+
+
+def collate(samples):
+    """DataLoader's collate_fn for DatumDataset: a batch that __getitems__ already made as one
+    tensor (a caffe_lmdb.Transform's output, in shared memory inside a worker) is passed on as
+    it is, without default_collate's copy; anything else goes to default_collate."""
+    from torch.utils.data import default_collate
+
+    if samples and isinstance(samples[0], tuple) and len(samples[0]) == 2:
+        first = samples[0][0]
+        base = getattr(first, "_base", None)
+        if isinstance(first, torch.Tensor) and base is not None and base.dim() == first.dim() + 1 \
+                and len(base) == len(samples) and base.is_contiguous() and all(
+                    s[0]._base is base and s[0].storage_offset() == j * first.numel()
+                    for j, s in enumerate(samples)):
+            labels = [s[1] for s in samples]
+            if all(isinstance(v, int) for v in labels):
+                return base, torch.tensor(labels, dtype=torch.int64)
+    return default_collate(samples)
+
+
+def _shared_empty(shape, dtype):
+    """An array whose memory is a torch shared-memory storage (what a DataLoader worker hands to
+    the main process without a copy)."""
+    n = int(np.prod(shape))
+    try:
+        storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(n)
+        tensor = torch.empty(0, dtype=torch.float32).new(storage).view(shape)
+    except (AttributeError, RuntimeError, TypeError):  # another torch: a plain array
+        return np.empty(shape, dtype)
+    return tensor.numpy()
+
+
+class _InSharedMemory:
+    """A Transform whose batches are written straight into shared memory (DataLoader
+    workers); everything else is the Transform's."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def transform_values(self, values, keys=None, **options):
+        options["alloc"] = _shared_empty
+        return self.transform.transform_values(values, keys, **options)
 
 
 class DatumDataset(Dataset):
@@ -135,6 +178,17 @@ class DatumDataset(Dataset):
             if self.same_shape:
                 self._check_shapes(indices, samples)
             return samples
+        plain = t is not None and self.to_tensor and self.companion is None \
+            and self.target_transform is None and self.db.layout == "CHW" \
+            and self.db.channel_order == "BGR" and self.db.dtype is None
+        if plain:  # one batch tensor; its samples are views of it (see collate)
+            worker = torch.utils.data.get_worker_info() is not None
+            images, labels = self.db.read(indices, transform=_InSharedMemory(t) if worker else t)
+            batch = images.base  # the shared-memory tensor itself, so it is not copied again
+            if not (isinstance(batch, torch.Tensor) and tuple(batch.shape) == images.shape
+                    and batch.data_ptr() == images.ctypes.data):
+                batch = torch.from_numpy(images)
+            return [(batch[j], int(labels[j])) for j in range(len(images))]
         images, labels = self.db.read(indices, transform=t)
         if self.detection:
             n = len(self.db)

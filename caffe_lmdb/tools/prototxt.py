@@ -138,7 +138,10 @@ class DataLayerInput:
         DataLoader: num_workers, shuffle, ...)."""
         from torch.utils.data import DataLoader
 
+        from .dataset import collate
+
         kwargs.setdefault("batch_size", self.batch_size)
+        kwargs.setdefault("collate_fn", collate)
         return DataLoader(self.dataset(), **kwargs)
 
 
