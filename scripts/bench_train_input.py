@@ -9,8 +9,8 @@ crop (224 on jpeg, 227 on raw), a random mirror, the mean (104, 117, 123) and a 
   (a) batches  db.batches(64, transform=caffe_lmdb.Transform(...)) (decode + transform on a
                thread pool of `cores` threads);
   (b) loader   DatumDataset(path, transform=Transform) in a torch DataLoader, batch_size 64,
-               num_workers = cores (each worker one thread, see docs/training.md), persistent
-               workers, the time of a whole pass;
+               num_workers = cores (each worker one thread, see docs/training.md),
+               collate_fn=caffe_lmdb.torch.collate, persistent workers, a whole pass;
   (c) pycaffe  a single-thread pycaffe-style loop: Datum.ParseFromString, cv2.imdecode (raw:
                np.frombuffer), NumPy random crop, flip, (x - mean) * scale, stacked per batch;
   (d) dali     NVIDIA DALI's CPU pipeline (fn.readers.caffe, fn.decoders.image,
@@ -127,11 +127,11 @@ class Loader:
         import torch
         from torch.utils.data import DataLoader
 
-        from caffe_lmdb.torch import DatumDataset
+        from caffe_lmdb.torch import DatumDataset, collate
 
         torch.set_num_threads(1)
         ds = DatumDataset(path, transform=transform(crop))
-        self.loader = DataLoader(ds, batch_size=BATCH, num_workers=CORES,
+        self.loader = DataLoader(ds, batch_size=BATCH, num_workers=CORES, collate_fn=collate,
                                  persistent_workers=True, prefetch_factor=2)
         self.crop = crop
         for _ in self.loader:  # warm-up pass: workers started, pages cached
