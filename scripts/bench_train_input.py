@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 import caffe_lmdb
-from caffe_lmdb.codec import Datum
+from caffe_lmdb import Datum
 
 MEAN = (104.0, 117.0, 123.0)
 SCALE = 0.017

@@ -15,7 +15,7 @@ import pytest
 
 import caffe_lmdb
 from caffe_lmdb import ShapeMismatchError, Transform
-from caffe_lmdb.codec import array_to_datum_bytes, datum_bytes
+from caffe_lmdb.format.datum import array_to_datum_bytes, datum_bytes
 from caffe_lmdb.tools.prototxt import PathFallbackWarning, PrototxtError
 from caffe_lmdb.tools.transform import TransformError, caffe_mt19937
 

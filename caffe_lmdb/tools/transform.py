@@ -204,10 +204,9 @@ class Transform:
         key = str(phase).lower()
         if key not in _PHASES:
             raise ValueError(f"phase must be 'train' or 'test', not {phase!r}")
-        if mean_value is not None and np.ndim(mean_value) == 0:
-            mean_value = [mean_value]
-        mean_value = [] if mean_value is None else [float(v) for v in mean_value]
-        if mean_file is not None and mean_value:
+        values: list[float] = [] if mean_value is None else \
+            [float(v) for v in np.atleast_1d(np.asarray(mean_value, np.float64))]
+        if mean_file is not None and values:
             raise ValueError("mean_file and mean_value cannot both be set (Caffe: \"Cannot "
                              "specify mean_file and mean_value at the same time\")")
         self.crop_size = crop_size
@@ -216,16 +215,16 @@ class Transform:
         self.force_color = bool(force_color)
         self.force_gray = bool(force_gray)
         self.phase = _PHASES[key]
-        self.mean_value = mean_value
+        self.mean_value = values
         self.mean_file = None if mean_file is None or isinstance(mean_file, np.ndarray) \
             else os.fspath(mean_file)
         self._mean = None if mean_file is None else _load_mean(mean_file)
-        self._mean_values = np.asarray(mean_value, _F4)
+        self._mean_values = np.asarray(values, _F4)
         self._scale = np.float32(scale)
         self.seed = secrets.randbits(32) if seed is None else _seed32(seed)
-        self.epoch = None
-        self.worker = None
-        self._worker_key = None
+        self.epoch: int | None = None
+        self.worker: int | None = None
+        self._worker_key: tuple | None = None
         self._lock = threading.Lock()
         self._bg = _stream(self.seed, None, None)
         self._warned_raw_force = False
