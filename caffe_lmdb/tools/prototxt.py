@@ -13,7 +13,6 @@ where Caffe would look). ``root=`` resolves them against a folder of your choice
 """
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,9 @@ __all__ = ["DataLayerInput", "PrototxtError", "from_prototxt", "parse_net"]
 
 _INPUT_TYPES = ("Data", "ImageData", "AnnotatedData", "HDF5Data", "Input", "MemoryData",
                 "WindowData", "DummyData", "Python")
+
+
+_READER_OPTIONS = ("channel_order", "layout", "dtype", "color", "readahead", "lock")
 
 
 class PrototxtError(CaffeLMDBError, ValueError):
@@ -99,17 +101,21 @@ class DataLayerInput:
     paths: dict[str, str] = field(default_factory=dict)
 
     def open(self, **options: Any):
-        """The database, as :func:`caffe_lmdb.open` opens it (``options`` are its options)."""
+        """The database, as :func:`caffe_lmdb.open` opens it (``options`` are its options).
+        Its engine must be the layer's ``backend``, as Caffe requires."""
         from ..read.reader import open as open_db
 
-        if self.backend == "LEVELDB":
-            if "backend" in inspect.signature(open_db).parameters:
-                return open_db(self.source, backend="leveldb", **options)
+        db = open_db(self.source, **options)
+        found = str(getattr(db, "backend", "lmdb")).upper()
+        if found != self.backend:
+            db.close()
+            default = " (Caffe's default when data_param sets no backend)" \
+                if self.backend == "LEVELDB" else ""
             raise NotADatumDBError(
-                f"layer {self.name!r} reads {self.source} with backend LEVELDB (Caffe's default "
-                "when data_param sets no backend); this reader opens LMDB only: if the "
-                "database is an LMDB, add `backend: LMDB` to its data_param (Caffe needs it too)")
-        return open_db(self.source, **options)
+                f"layer {self.name!r} reads {self.source} with backend {self.backend}{default}, "
+                f"but it is an {found} database, which Caffe would fail to open: add "
+                f"`backend: {found}` to the layer's data_param")
+        return db
 
     def batches(self, shuffle: bool = False, seed: int | None = None, drop_last: bool = False,
                 shard: tuple[int, int] | None = None, epoch: int | None = None,
@@ -129,9 +135,8 @@ class DataLayerInput:
         """A torch :class:`~caffe_lmdb.torch.DatumDataset` with this transform."""
         from .dataset import DatumDataset
 
-        if self.backend == "LEVELDB":
-            return DatumDataset(self.open(), transform=self.transform, **kwargs)
-        return DatumDataset(self.source, transform=self.transform, **kwargs)
+        reader = {k: kwargs.pop(k) for k in list(kwargs) if k in _READER_OPTIONS}
+        return DatumDataset(self.open(**reader), transform=self.transform, **kwargs)
 
     def dataloader(self, **kwargs: Any):
         """A torch DataLoader of :meth:`dataset` with the layer's batch_size (``kwargs`` go to
