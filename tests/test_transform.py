@@ -671,5 +671,6 @@ def test_relative_paths_fall_back_to_the_prototxt_folder(tmp_path, fixtures, mon
     assert same_bits(np.concatenate([x for x, _ in layer]),
                      caffe_blob(fixtures, "raw32_crop24_meanfile"))
     monkeypatch.chdir(net)  # where Caffe would run: no fallback
-    layer = caffe_lmdb.from_prototxt("train_val.prototxt", phase="train")
+    with pytest.warns(UserWarning, match="deprecated"):
+        layer = caffe_lmdb.from_prototxt("train_val.prototxt", phase="train")
     assert "working directory" in layer.paths["source"]
