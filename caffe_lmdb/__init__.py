@@ -42,7 +42,9 @@ from .tools.features import (
     write_features,
 )
 from .tools.mean import channel_means, compute_mean
+from .tools.prototxt import DataLayerInput, PrototxtError, from_prototxt
 from .tools.show import contact_sheet, plot_stats  # OpenCV is imported when they draw
+from .tools.transform import Transform
 from .write.convert import (
     DatumWriter,
     Summary,
@@ -68,6 +70,7 @@ __all__ = [
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
     "DatumWriter", "Summary", "merge", "RayExecutor", "contact_sheet", "plot_stats",
+    "Transform", "from_prototxt", "DataLayerInput", "PrototxtError",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

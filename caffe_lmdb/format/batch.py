@@ -28,8 +28,8 @@ from . import cv
 from .datum import decode, fields_to_array, parse_datum, shape_of
 from .imagesize import DEFAULT_MAX_PIXELS
 
-__all__ = ["BatchDecoder", "decode_batch", "image_pool", "record_shape", "CHANNEL_ORDERS",
-           "LAYOUTS"]
+__all__ = ["BatchDecoder", "decode_batch", "image_pool", "record_shape", "MIXED_SHAPES_FIX",
+           "CHANNEL_ORDERS", "LAYOUTS"]
 
 CHANNEL_ORDERS = ("BGR", "RGB")
 LAYOUTS = ("CHW", "HWC")
@@ -77,6 +77,12 @@ if hasattr(os, "register_at_fork"):
 def image_pool() -> ThreadPoolExecutor:
     """The package's decoding threads (one per core), shared by every batch decode."""
     return _POOL.get()
+
+
+MIXED_SHAPES_FIX = (
+    "records of one batch must have one shape: pass transform=caffe_lmdb.Transform("
+    "crop_size=...) (force_color=True when channel counts differ), a transform that resizes, "
+    "or use batch_size=1")
 
 
 def _record_name(keys, i):
@@ -368,7 +374,7 @@ class BatchDecoder:
                 if here != shape:
                     raise ShapeMismatchError(
                         f"{_record_name(keys, a)} has shape {here}, but the batch's first "
-                        f"record has {shape}")
+                        f"record, {_record_name(keys, 0)}, has {shape}: {MIXED_SHAPES_FIX}")
             target = images[a:b] if direct else self._scratch_for((b - a,) + shape, native)
             _decode_plain(chunk, target, labels[a:b], self.color, self.max_pixels,
                           _Offset(keys, a) if keys is not None and a else keys, require)
@@ -460,7 +466,8 @@ class BatchDecoder:
                 if arr.shape != shape or arr.dtype != dtype:
                     err = ShapeMismatchError(
                         f"{_record_name(keys, j)} decodes to shape {arr.shape} ({arr.dtype}), "
-                        f"but the batch's first record has {shape} ({dtype})")
+                        f"but the batch's first record, {_record_name(keys, 0)}, has {shape} "
+                        f"({dtype}): {MIXED_SHAPES_FIX}")
                     err.index = j
                     return err
                 put(arr, images[j])
@@ -500,7 +507,8 @@ def _decode_plain(buffers, out, labels_out, color, max_pixels, keys, require):
         if arr.shape != first.shape or (require is not None and arr.dtype != require):
             raise ShapeMismatchError(
                 f"{_record_name(keys, i)} holds a {arr.dtype} array of shape {arr.shape}, "
-                f"but the batch's first record holds {first.dtype} {first.shape}")
+                f"but the batch's first record, {_record_name(keys, 0)}, holds {first.dtype} "
+                f"{first.shape}: {MIXED_SHAPES_FIX}")
         out[i] = arr
         labels_out[i] = label
 

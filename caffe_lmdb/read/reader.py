@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
 from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, unwrap_datum
-from ..format.batch import BatchDecoder, record_shape
+from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, record_shape
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import detect_backend, open_reader
@@ -340,11 +340,12 @@ class DatumDB:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def read(self, positions):
+    def read(self, positions, transform=None):
         """``(images, labels)`` of the records at these positions, in the order given.
 
         Values are fetched in key order inside one read transaction (LMDB pages in order) and
-        decoded into new arrays; all records must have one shape."""
+        decoded into new arrays; all records must have one shape, or ``transform`` (applied to
+        each record before they are stacked, see :meth:`batches`) must give them one."""
         positions = np.asarray(positions, np.int64).reshape(-1)
         n = len(self)
         if len(positions) and (positions.min() < -n or positions.max() >= n):
@@ -353,10 +354,10 @@ class DatumDB:
         positions = np.where(positions < 0, positions + n, positions)
         if not len(positions):
             raise ValueError("read() needs at least one position")
-        return self._read_positions(positions, fresh=True)
+        return self._read_positions(positions, fresh=True, transform=transform)
 
     def batches(self, batch_size, shuffle=False, seed=None, drop_last=False, shard=None,
-                epoch=None, reuse=False, boxes=False, pixels=False):
+                epoch=None, reuse=False, boxes=False, pixels=False, transform=None):
         """Yield ``(images, labels)``: (N, C, H, W) (or (N, H, W, C)) arrays and (N,) int64.
 
         * ``boxes=True`` (AnnotatedDatum databases): ``(images, labels, boxes)``, boxes a list
@@ -378,6 +379,11 @@ class DatumDB:
           more than decoding small records). ``reuse=True`` refills the same arrays for every
           batch, so a batch is valid only until the next one is asked for; it is the
           low-memory mode (about 1.5 x one batch at the peak, see docs/readers.md).
+
+        * ``transform``: applied to each record before the batch is stacked, so records may
+          differ in size when it makes them one (a crop). A :class:`caffe_lmdb.Transform`
+          (Caffe's transform_param) decodes and transforms on a thread per core into one
+          float32 batch; any other callable gets each image as ``db[i]`` gives it, in order.
 
         All records of a batch must have one shape (else ShapeMismatchError naming the
         first record that differs). Encoded records are decoded on a thread per core.
@@ -408,9 +414,10 @@ class DatumDB:
             if drop_last and stop - start < batch_size:
                 break
             if positions is None:
-                batch = self._read_range(start, stop - start, reuse)
+                batch = self._read_range(start, stop - start, reuse, transform)
             else:
-                batch = self._read_positions(positions[start:stop], fresh=False, reuse=reuse)
+                batch = self._read_positions(positions[start:stop], fresh=False, reuse=reuse,
+                                             transform=transform)
             if boxes:
                 at = np.arange(start, stop) if positions is None else positions[start:stop]
                 batch = (*batch, self.read_boxes(at, pixels))
@@ -472,16 +479,17 @@ class DatumDB:
             rows = boxes_to_pixels(rows, w, h)
         return rows
 
-    def _read_range(self, start, count, reuse=False):
+    def _read_range(self, start, count, reuse=False, transform=None):
         keys = RangeKeys(self._keys(), start)
         with self.begin() as txn:
             if not reuse:
                 chunks = [self._gather_range(txn, start, count)]
             else:  # low-memory mode: gather and decode a third of the batch at a time
                 chunks = self._gather_chunks(txn, start, count, _low_memory_step(count))
-            return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse)
+            return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse,
+                                       transform=transform)
 
-    def _read_positions(self, positions, fresh, reuse=False):
+    def _read_positions(self, positions, fresh, reuse=False, transform=None):
         index = self._keys()
         order = np.argsort(positions, kind="stable")
         keys = index.take(positions[order])
@@ -498,7 +506,7 @@ class DatumDB:
             step = _low_memory_step(len(values)) if reuse else len(values)
             chunks = [values[a:a + step] for a in range(0, len(values), step)]
             return self._decode_values(chunks, KeysAt(index, positions), len(values),
-                                       fresh=fresh, reuse=reuse)
+                                       fresh=fresh, reuse=reuse, transform=transform)
 
     def _gather_chunks(self, txn, start, count, step):
         """Like _gather_range, as successive lists of at most ``step`` values."""
@@ -528,8 +536,11 @@ class DatumDB:
             with self.begin() as txn:
                 yield a, self._gather_range(txn, a, b - a)
 
-    def _decode_values(self, chunks, keys, n, fresh, reuse=False):
+    def _decode_values(self, chunks, keys, n, fresh, reuse=False, transform=None):
         """Decode ``n`` records, given as successive lists of values, into one batch."""
+        if transform is not None:
+            return self._transformed([v for chunk in chunks for v in chunk], keys, fresh, reuse,
+                                     transform)
         if fresh:
             out = None
         else:
@@ -538,6 +549,27 @@ class DatumDB:
         labels = None if fresh else self._label_recycler.get((n,), np.dtype(np.int64), reuse)
         return self._decoder.decode(chunks, n, keys=keys, out=out, labels_out=labels,
                                     chunked=True)
+
+    def _transformed(self, values, keys, fresh, reuse, transform):
+        """Each record through ``transform`` before the batch is stacked (the logic of a
+        caffe_lmdb.Transform is its own ``transform_values``, see tools/transform.py)."""
+        def alloc(shape, dtype):
+            return np.empty(shape, dtype) if fresh else self._recycler.get(shape, dtype, reuse)
+
+        batch = getattr(transform, "transform_values", None)
+        if batch is not None:
+            return batch(values, keys, color=self.color, alloc=alloc, layout=self.layout,
+                         channel_order=self.channel_order, dtype=self.dtype)
+        images, labels = [], np.empty(len(values), np.int64)
+        for j, value in enumerate(values):
+            image, labels[j] = self._decode_one(value, keys[j])
+            images.append(np.asarray(transform(image)))
+            if images[j].shape != images[0].shape:
+                raise ShapeMismatchError(
+                    f"record {show_key(keys[j])} has shape {images[j].shape} after the "
+                    f"transform, but the batch's first record ({show_key(keys[0])}) has "
+                    f"{images[0].shape}: {MIXED_SHAPES_FIX}")
+        return np.stack(images), labels
 
     def scan(self, chunk=1024, out=None, dtype=None, purpose="these records"):
         """Yield ``(start, images, labels)`` for every record in key order, ``chunk`` records
