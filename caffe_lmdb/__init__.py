@@ -53,6 +53,7 @@ from .write.convert import (
     write_arrays,
 )
 from .write.merge import merge
+from .write.salvage import SalvageReport, salvage
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
 
 __version__ = "0.1.0"
@@ -67,7 +68,8 @@ __all__ = [
     "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
-    "DatumWriter", "Summary", "merge", "RayExecutor", "contact_sheet", "plot_stats",
+    "DatumWriter", "Summary", "merge", "salvage", "SalvageReport", "RayExecutor",
+    "contact_sheet", "plot_stats",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

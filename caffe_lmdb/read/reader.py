@@ -203,6 +203,13 @@ class DatumDB:
         """The storage engine of the database (``"lmdb"``)."""
         return self._store.backend
 
+    @property
+    def data_format(self):
+        """The file format, e.g. ``"LMDB 0.9"`` (Caffe's) or ``"LMDB 1.0"`` (which Caffe
+        cannot open); None where the engine has one format only."""
+        get = getattr(self._store, "data_format", None)
+        return get() if get is not None else None
+
     def begin(self, buffers=True):
         """A read view of the database (:class:`~caffe_lmdb.storage.base.ReadTxn`: ``get``,
         ``iter_keys``, ``iter_values``), to use as a context manager."""

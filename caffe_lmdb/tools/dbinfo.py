@@ -31,7 +31,7 @@ from ..errors import (
 from ..format import keys as _keys
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes, image_format
-from ..messages import human_bytes
+from ..messages import human_bytes, lmdb_1_message
 from ..read.reader import as_db
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
@@ -58,6 +58,7 @@ class DBInfo:
     """What :func:`info` and :func:`verify` found (``str()`` gives the report)."""
     path: str
     entries: int = 0
+    data_format: str = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
     file_bytes: int = 0
     used_bytes: int = 0
     key_pattern: str = ""
@@ -93,6 +94,9 @@ class DBInfo:
     def __str__(self):
         lines = [f"{self.path}",
                  f"  entries      {self.entries}",
+                 *([f"  format       {self.data_format}"
+                    + (" (Caffe reads it)" if self.data_format == "LMDB 0.9" else
+                       " (Caffe cannot open it)")] if self.data_format else []),
                  f"  size         {human_bytes(self.file_bytes)} data.mdb"
                  + (f" ({human_bytes(self.used_bytes)} in use)" if self.used_bytes else ""),
                  f"  keys         {self.key_pattern or '<none>'}"]
@@ -290,6 +294,7 @@ def _file_sizes(db, report):
     env = db.env
     stat, env_info = env.stat(), env.info()
     report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
+    report.data_format = db.data_format
 
 
 def _box_facts(db, report, scan, problems):
@@ -342,6 +347,8 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     _key_facts(db, report)
     _file_sizes(db, report)
     _box_facts(db, report, scan, problems=True)
+    if report.data_format == "LMDB 1.0":
+        scan.problem("format", None, lmdb_1_message(db.path))
     if report.unpadded:
         a, b = report.out_of_order
         scan.problem("keys", None,
