@@ -151,6 +151,6 @@ class LMDBFormatError(CaffeLMDBError, ValueError):
     needed: Caffe links LMDB 0.9, which cannot open such a file (MDB_INVALID)."""
 
 
-class DamagedDBError(NotADatumDBError):
+class DamagedDBError(CaffeLMDBError, OSError):
     """A database whose data.mdb is damaged (LMDB reports a corrupted page): the message names
     the file and what to do (``caffe-lmdb verify``, ``caffe-lmdb salvage``)."""

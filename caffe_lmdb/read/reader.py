@@ -129,6 +129,16 @@ class _Recycler:
         return a
 
 
+def check_structure(path):
+    """The problems of the database file's structure (pages, counts, free list), one line
+    each, from the storage engine's offline checker (py-lmdb >= 3 for LMDB); None where the
+    engine has none. Reads the file without handing it to the engine, so it works on damaged
+    files."""
+    from ..storage.lmdb import structural_problems
+
+    return structural_problems(_check_path(path))
+
+
 def open(path, **options):  # noqa: A001 - the package's entry point, as lmdb.open
     """Open a Caffe database for reading; see :class:`DatumDB` for the options."""
     return DatumDB(path, **options)

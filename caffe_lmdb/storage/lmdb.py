@@ -25,16 +25,27 @@ import threading
 
 import lmdb
 
-from ..errors import (DuplicateKeyError, KeyTooLongError, LMDBFormatError, NotADatumDBError,
-                      ResumeError, WriteError, show_key)
-from ..messages import lmdb_1_message
+from ..errors import (
+    DamagedDBError,
+    DuplicateKeyError,
+    KeyTooLongError,
+    LMDBFormatError,
+    NotADatumDBError,
+    ResumeError,
+    WriteError,
+    show_key,
+)
+from ..messages import damaged_message, lmdb_1_message
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
            "DEFAULT_MAP_SIZE", "data_format", "refuse_lmdb_1", "NEW_DB_OPTIONS",
-           "FORMAT_09", "FORMAT_10"]
+           "FORMAT_09", "FORMAT_10", "DAMAGE_ERRORS", "structural_problems"]
 
 MAX_READERS = 1024
 DEFAULT_MAP_SIZE = 64 << 20
+#: what LMDB raises on a damaged data.mdb
+DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError,
+                 lmdb.BadValsizeError)
 
 # ---------------------------------------------------------------------------------------------
 # The data format: LMDB 0.9 (Caffe's) or 1.0
@@ -201,11 +212,12 @@ if hasattr(os, "register_at_fork"):
 class LMDBTxn:
     """A read transaction seen through :class:`~caffe_lmdb.storage.base.ReadTxn`."""
 
-    __slots__ = ("txn", "get")
+    __slots__ = ("txn", "get", "path")
 
-    def __init__(self, txn):
+    def __init__(self, txn, path=None):
         self.txn = txn
         self.get = txn.get  # bound once: the random-read path calls it per record
+        self.path = path
 
     def iter_keys(self):
         return self.txn.cursor().iternext(keys=True, values=False)
@@ -219,8 +231,10 @@ class LMDBTxn:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.txn.abort()
+        if isinstance(exc, DAMAGE_ERRORS):  # a bad page met while reading in this view
+            raise DamagedDBError(damaged_message(self.path, exc)) from exc
 
 
 class LMDBReader:
@@ -254,7 +268,7 @@ class LMDBReader:
         except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
             env.set_mapsize(0)
             txn = env.begin(buffers=buffers)
-        return LMDBTxn(txn)
+        return LMDBTxn(txn, self.path)
 
     def close(self):
         if self._env is not None and self._pid == os.getpid():
@@ -432,3 +446,16 @@ class LMDBWriter:
             return os.path.getsize(os.path.join(self.path, "data.mdb"))
         except OSError:
             return 0
+
+
+def structural_problems(path):
+    """The problems py-lmdb's offline structural checker (``python -m lmdb verify``, py-lmdb
+    >= 3) finds in ``path``/data.mdb, one string each; None where py-lmdb has no checker."""
+    try:
+        from lmdb import verify as checker
+    except ImportError:
+        return None
+    try:
+        return list(checker.verify(os.fspath(path), subdir=True))
+    except checker.VerifyError as exc:
+        return [str(exc)]

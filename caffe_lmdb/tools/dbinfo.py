@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import (
     CaffeLMDBError,
+    DamagedDBError,
     DatumDecodeError,
     OutputExistsError,
     show_key,
@@ -32,7 +33,7 @@ from ..format import keys as _keys
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes, image_format
 from ..messages import human_bytes, lmdb_1_message
-from ..read.reader import as_db
+from ..read.reader import DatumDB, as_db, check_structure
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
 
@@ -155,7 +156,7 @@ class DBInfo:
 class _Scan:
     def __init__(self, db, decode_images, max_listed):
         self.db = db
-        self.report = DBInfo(path=db.path)
+        self.report = DBInfo(path=db.path if db is not None else "")
         self.decode_images = decode_images  # "all", "sample" or "none"
         self.max_listed = max_listed
         self.encoded_seen = 0
@@ -341,9 +342,21 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     """Check every record; returns a :class:`DBInfo` whose ``problems`` list what is wrong
     (``ok`` is True when nothing is). ``decode_images=False`` skips decoding encoded images
     (faster; their shapes are then not checked)."""
-    db = as_db(source)
-    scan = _Scan(db, "all" if decode_images else "none", max_listed)
-    report = scan.run(progress)
+    path = source.path if isinstance(source, DatumDB) else os.fspath(source)
+    structure = check_structure(path)
+    try:
+        db = as_db(source)
+        scan = _Scan(db, "all" if decode_images else "none", max_listed)
+        report = scan.run(progress)
+    except DamagedDBError as exc:  # the records cannot be walked: say what the checker saw
+        scan = _Scan(None, "none", max_listed)
+        scan.report.path = path
+        for line in structure or []:
+            scan.problem("structure", None, line)
+        scan.problem("damaged", None, str(exc))
+        return scan.report
+    for line in structure or []:
+        scan.problem("structure", None, line)
     _key_facts(db, report)
     _file_sizes(db, report)
     _box_facts(db, report, scan, problems=True)
