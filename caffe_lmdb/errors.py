@@ -154,3 +154,8 @@ class LMDBFormatError(CaffeLMDBError, ValueError):
 class DamagedDBError(CaffeLMDBError, OSError):
     """A database whose data.mdb is damaged (LMDB reports a corrupted page): the message names
     the file and what to do (``caffe-lmdb verify``, ``caffe-lmdb salvage``)."""
+
+
+class NothingWrittenError(CaffeLMDBError, ValueError):
+    """A conversion whose every sample was skipped: no database is left behind, and the
+    message says what was probably wrong (a wrong root folder, ...)."""

@@ -424,6 +424,12 @@ def _decode_image(buf, f, color, max_pixels):
     if img is None:
         raise DatumDecodeError(f"encoded image of {size} bytes could not be decoded "
                                f"(format {image_format(blob) or 'unknown'})")
+    if img.dtype != _U8:  # decoded natively: a 16-bit PNG or TIFF (Caffe aborts on it)
+        raise DatumDecodeError(
+            f"encoded image has {img.dtype} samples ({img.dtype.itemsize * 8}-bit "
+            f"{image_format(blob) or 'image'}): Caffe's DataLayer and compute_image_mean read "
+            "only 8-bit images; read with color=True or color=False to have it converted to 8 "
+            "bits, or convert the file to 8 bits")
     return cv.hwc_to_chw(img)
 
 

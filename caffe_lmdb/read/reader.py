@@ -319,6 +319,10 @@ class DatumDB:
             return self.read(range(*i.indices(len(self))))
         if isinstance(i, (list, tuple, np.ndarray, range)):
             return self.read(i)
+        if isinstance(i, (str, bytes, bytearray)):
+            raise TypeError(f"db[...] takes a position (an int); for the record with key "
+                            f"{show_key(i)} use db.get({i!r}) (or db.index(key) for its "
+                            "position)")
         index = self._keys()
         key = index[position(i, len(index))]
         return self._get(key, missing=lambda: _changed(self.path, key))

@@ -13,6 +13,7 @@
 
 All three read a chunk of records at a time: memory does not grow with the database.
 """
+import json
 import os
 import re
 import zipfile
@@ -60,6 +61,7 @@ class DBInfo:
     path: str
     entries: int = 0
     data_format: str = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
+    incomplete: str = None     # why the database is not finished (an interrupted conversion)
     file_bytes: int = 0
     used_bytes: int = 0
     key_pattern: str = ""
@@ -140,6 +142,8 @@ class DBInfo:
             lines.append(f"  note         {self.raw_without_encoded} raw records have no "
                          "'encoded' field (as Caffe's MNIST/CIFAR converters write): Caffe "
                          "reads them, NVIDIA DALI takes them for encoded images")
+        if self.incomplete:
+            lines.append(f"  INCOMPLETE   {self.incomplete}")
         if self.problem_count:
             lines.append(f"  problems     {self.problem_count}")
             lines += [f"    {p}" for p in self.problems]
@@ -296,6 +300,27 @@ def _file_sizes(db, report):
     stat, env_info = env.stat(), env.info()
     report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
     report.data_format = db.data_format
+    report.incomplete = _incomplete(db.path)
+
+
+#: the resume state a converter keeps beside data.mdb (caffe_lmdb.write.sink.STATE_NAME)
+_STATE_NAME = "convert_state.json"
+
+
+def _incomplete(path):
+    """What the resume state beside the database says when its conversion did not finish."""
+    try:
+        with open(os.path.join(path, _STATE_NAME), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("done", True):
+        return None
+    job = state.get("job") or {}
+    name = str(job.get("job", "convert")).replace("_", "-")
+    return (f"the {name} run writing it stopped after sample {state.get('next_index', 0)} "
+            f"({state.get('written', 0)} records committed; see {_STATE_NAME}): run the same "
+            "command again with --resume to finish it")
 
 
 def _box_facts(db, report, scan, problems):
@@ -360,6 +385,8 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     _key_facts(db, report)
     _file_sizes(db, report)
     _box_facts(db, report, scan, problems=True)
+    if report.incomplete:
+        scan.problem("incomplete", None, report.incomplete)
     if report.data_format == "LMDB 1.0":
         scan.problem("format", None, lmdb_1_message(db.path))
     if report.unpadded:
