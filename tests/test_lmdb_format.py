@@ -10,10 +10,10 @@ import sys
 import lmdb
 import numpy as np
 import pytest
+from conftest import REPO
 
 import caffe_lmdb
 from caffe_lmdb.errors import LMDBFormatError
-from conftest import REPO
 
 MAGIC = 0xBEEFC0DE
 

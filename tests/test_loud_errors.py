@@ -8,11 +8,11 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from conftest import REPO
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
 from caffe_lmdb.errors import CaffeLMDBError, DatumDecodeError
-from conftest import REPO
 
 SAMPLES = os.path.join(os.path.dirname(caffe_lmdb.__file__), "sample_data")
 
