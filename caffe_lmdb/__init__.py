@@ -53,8 +53,8 @@ from .write.convert import (
     write_arrays,
 )
 from .write.merge import merge
-from .write.salvage import SalvageReport, salvage
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
+from .write.salvage import SalvageReport, salvage
 
 __version__ = "0.1.0"
 

@@ -63,6 +63,7 @@ def describe_bytes(value: bytes | bytearray | memoryview) -> str:
             return what
     if value[:1] == b"\x80" and len(value) > 1 and 2 <= value[1] <= 5:
         return f"a Python pickle (protocol {value[1]})"
+    text: str | None
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:  # a character cut by the 64-byte window is still text

@@ -60,8 +60,8 @@ class DBInfo:
     """What :func:`info` and :func:`verify` found (``str()`` gives the report)."""
     path: str
     entries: int = 0
-    data_format: str = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
-    incomplete: str = None     # why the database is not finished (an interrupted conversion)
+    data_format: str | None = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
+    incomplete: str | None = None     # why the database is not finished (an interrupted conversion)
     file_bytes: int = 0
     used_bytes: int = 0
     key_pattern: str = ""
