@@ -61,7 +61,7 @@ def test_info_and_verify_say_an_interrupted_conversion_is_incomplete(tmp_path, c
     assert "INCOMPLETE" in out and "--resume" in out
     assert cli("verify", db, "--quiet") == 1
     out = capsys.readouterr().out
-    assert "incomplete:" in out and "--resume" in out and "OK:" not in out
+    assert "INCOMPLETE: " in out and "--resume" in out and "OK:" not in out
     assert cli("convert-imageset", f"{SAMPLES}/", f"{SAMPLES}/list.txt", db, "--resume",
                "--quiet") == 0
     assert cli("verify", db, "--quiet") == 0

@@ -76,6 +76,9 @@ def _verify(args):
     report = with_progress(args, "verify", lambda progress: _inspect.verify(
         args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed))
     print(report)
+    if report.ok and report.incomplete:  # valid so far, but not what the conversion will give
+        print(f"INCOMPLETE: {report.entries} records, no problems in them; {report.incomplete}")
+        return 1
     if report.ok:
         print(f"OK: {report.entries} records, no problems")
         return 0

@@ -61,7 +61,8 @@ class DBInfo:
     path: str
     entries: int = 0
     data_format: str | None = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
-    incomplete: str | None = None     # why the database is not finished (an interrupted conversion)
+    # why the database is not finished (an interrupted conversion); not a problem of its records
+    incomplete: str | None = None
     file_bytes: int = 0
     used_bytes: int = 0
     key_pattern: str = ""
@@ -385,8 +386,6 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     _key_facts(db, report)
     _file_sizes(db, report)
     _box_facts(db, report, scan, problems=True)
-    if report.incomplete:
-        scan.problem("incomplete", None, report.incomplete)
     if report.data_format == "LMDB 1.0":
         scan.problem("format", None, lmdb_1_message(db.path))
     if report.unpadded:
