@@ -144,3 +144,18 @@ class AnnotationError(CaffeLMDBError, ValueError):
         if path is not None:
             message = f"{path}{f':{lineno}' if lineno else ''}: {message}"
         super().__init__(message)
+
+
+class LMDBFormatError(CaffeLMDBError, ValueError):
+    """An LMDB in the 1.0 data format (py-lmdb 3's second engine) where Caffe's format is
+    needed: Caffe links LMDB 0.9, which cannot open such a file (MDB_INVALID)."""
+
+
+class DamagedDBError(CaffeLMDBError, OSError):
+    """A database whose data.mdb is damaged (LMDB reports a corrupted page): the message names
+    the file and what to do (``caffe-lmdb verify``, ``caffe-lmdb salvage``)."""
+
+
+class NothingWrittenError(CaffeLMDBError, ValueError):
+    """A conversion whose every sample was skipped: no database is left behind, and the
+    message says what was probably wrong (a wrong root folder, ...)."""

@@ -272,8 +272,21 @@ def test_proto_matches_caffe_numbers_and_types():
         for name, (number, type_, label, packed) in fields.items():
             f = desc.fields_by_name[name]
             assert (f.number, types[f.type]) == (number, type_), name
-            assert f.is_repeated == (label == "repeated"), name
-            assert f.is_packed == packed, name
+            assert _is_repeated(f) == (label == "repeated"), name
+            assert _is_packed(f) == packed, name
+
+
+def _is_repeated(field):
+    # protobuf >= 6 has is_repeated (and deprecates label); older runtimes only label
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == field.LABEL_REPEATED
+
+
+def _is_packed(field):
+    if hasattr(field, "is_packed"):
+        return field.is_packed
+    return field.GetOptions().packed  # proto2: packed only where the option says so
 
 
 COEXIST = r"""
@@ -281,12 +294,21 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import caffe_pb2                      # pycaffe's module: package "caffe", same messages
 import caffe_lmdb
-from caffe_lmdb.format.datum import Datum
-theirs = caffe_pb2.Datum(channels=1, height=1, width=2, data=b"ab", label=0, encoded=False)
+from caffe_lmdb.format.datum import BlobProto, Datum
+theirs = caffe_pb2.Datum(channels=1, height=1, width=2, data=b"ab", label=-3, float_data=[1.5],
+                         encoded=False)
 ours = Datum()
 ours.ParseFromString(theirs.SerializeToString())
 assert ours.SerializeToString() == theirs.SerializeToString()
-assert caffe_pb2.Datum.DESCRIPTOR.full_name == "caffe.Datum"
+back = caffe_pb2.Datum.FromString(Datum(channels=3, label=4, encoded=True, data=b"x")
+                                  .SerializeToString())
+assert (back.channels, back.label, back.encoded, back.data) == (3, 4, True, b"x")
+mean = caffe_pb2.BlobProto.FromString(caffe_lmdb.array_to_blobproto(
+    __import__("numpy").ones((1, 2, 2, 2), "float32")).SerializeToString())
+assert list(mean.data) == [1.0] * 8
+again = BlobProto.FromString(mean.SerializeToString())
+assert again.SerializeToString() == mean.SerializeToString()
+assert caffe_pb2.Datum.DESCRIPTOR.full_name == sys.argv[2] + ".Datum"
 print("ok")
 """
 
@@ -300,26 +322,35 @@ def _compile(proto_text, package, outdir, name):
                         str(outdir / f"{name}.proto")]) == 0
 
 
-def test_coexists_with_pycaffe_caffe_pb2(tmp_path):
-    """A caffe_pb2 with the same messages under package `caffe` loads beside ours; the same
-    messages under our own package would clash (so the test can tell the difference)."""
-    import subprocess
-    import sys
+def _coexist(folder, package):
+    from scratch_envs import run_with
 
-    from conftest import REPO
-
-    proto = (REPO / "proto" / "datum.proto").read_text()
-    _compile(proto, "caffe", tmp_path, "caffe")
-    run = subprocess.run([sys.executable, "-c", COEXIST, str(tmp_path)],
-                         capture_output=True, text=True)
+    run = run_with([], COEXIST, folder, package)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
-    clash = tmp_path / "clash"
-    clash.mkdir()
-    _compile(proto, "caffe_lmdb", clash, "caffe")
-    run = subprocess.run([sys.executable, "-c", COEXIST, str(clash)],
-                         capture_output=True, text=True)
-    assert run.returncode != 0 and "caffe_lmdb.Datum" in run.stderr
+
+@pytest.mark.parametrize("package", ["caffe", "caffe_lmdb"])
+def test_coexists_with_pycaffe_caffe_pb2(tmp_path, package):
+    """A caffe_pb2 with the same messages (package `caffe`, as pycaffe's) loads beside ours and
+    each parses the other's records. Our classes live in a descriptor pool of their own, so even
+    a module compiled from our own file (package `caffe_lmdb`) cannot clash with them."""
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (the [test] extra) compiles it")
+    from conftest import REPO
+
+    _compile((REPO / "proto" / "datum.proto").read_text(), package, tmp_path, "caffe")
+    _coexist(tmp_path, package)
+
+
+@pytest.mark.parametrize("package", ["caffe", "caffe_lmdb"])
+def test_coexists_with_a_caffe_pb2_of_protoc_3_21(tmp_path_factory, package):
+    """pycaffe's caffe_pb2 as the protoc of protobuf 3.21 generates it (grpcio-tools 1.49.1,
+    installed into a scratch folder; skipped when pip cannot fetch it)."""
+    from conftest import REPO
+    from scratch_envs import old_protoc_module
+
+    folder = old_protoc_module(tmp_path_factory.mktemp("protoc321"),
+                               (REPO / "proto" / "datum.proto").read_text(), package, "caffe")
+    _coexist(folder, package)
 
 
 def test_decode_batch_of_encoded_records_works_in_a_forked_child(fixtures):

@@ -67,8 +67,11 @@ def test_demo_converts_the_shipped_samples_and_reruns(tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert "sample_lmdb: 36 records written, 0 skipped" in out
     assert len(read_lmdb(tmp_path / "sample_lmdb")) == 36
-    assert main(["demo", "sample_lmdb"]) == 0  # replaces its own earlier output
+    # an existing output is refused, as by every converter (issue 16); --overwrite replaces it
+    assert main(["demo", "sample_lmdb"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["demo", "sample_lmdb", "--overwrite"]) == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "data.mdb").write_bytes(b"")
-    assert main(["demo", "other"]) == 1  # but nothing else
+    assert main(["demo", "other"]) == 1
     assert "already holds an LMDB" in capsys.readouterr().err

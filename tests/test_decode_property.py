@@ -7,6 +7,7 @@ DatumDecodeError), or both give the same fields, the same array and the same lab
 import os
 import struct
 
+import google.protobuf
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
@@ -75,11 +76,58 @@ def our_fields(buf):
                 data=data, floats=floats)
 
 
+def _read_varint(buf, i):
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            return None, i
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
+def _field0_in_group(buf):
+    """True when a tag of field number 0 sits inside a group (protobuf < 7 rejects such bytes,
+    protobuf 7 skips the tag, as our parser does)."""
+    buf, i, depth = bytes(buf), 0, 0
+    while i < len(buf):
+        tag, i = _read_varint(buf, i)
+        if tag is None:
+            return False
+        if tag >> 3 == 0:
+            return depth > 0
+        kind = tag & 7
+        if kind == 0:
+            _, i = _read_varint(buf, i)
+        elif kind == 1:
+            i += 8
+        elif kind == 5:
+            i += 4
+        elif kind == 2:
+            n, i = _read_varint(buf, i)
+            i += n or 0
+        elif kind == 3:
+            depth += 1
+        elif kind == 4:
+            depth -= 1
+        else:
+            return False
+    return False
+
+
+PROTOBUF_MAJOR = int(google.protobuf.__version__.split(".")[0])
+
+
 def check_agrees(buf):
     for view in (buf, memoryview(buf)):
         try:
             expected_fields = fields_of(view)
         except DecodeError:
+            if PROTOBUF_MAJOR < 7 and _field0_in_group(view):
+                continue  # the one rule on which protobuf runtimes differ (see above)
             with pytest.raises(DatumDecodeError):
                 parse_datum(view)
             with pytest.raises(DatumDecodeError):

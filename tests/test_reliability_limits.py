@@ -112,15 +112,17 @@ def test_a_png_chunk_longer_than_the_file_is_refused_before_opencv(tmp_path):
 
 def test_max_pixels_is_an_option_of_the_api_and_the_command(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(cv2.imencode(".png", _IMG)[1].tobytes())  # 1,961 pixels
-    (tmp_path / "list.txt").write_text("a.png 0\n")
+    # and a small one (a conversion that writes nothing is an error since issue 16)
+    (tmp_path / "b.png").write_bytes(cv2.imencode(".png", _IMG[:10, :10])[1].tobytes())
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 1\n")
     args = [f"{tmp_path}/", str(tmp_path / "list.txt")]
     small = caffe_lmdb.convert_imageset(*args, tmp_path / "a", max_pixels=1000)
-    assert small.written == 0 and "over the limit of 1,000" in small.skipped[0].reason
-    assert caffe_lmdb.convert_imageset(*args, tmp_path / "b", max_pixels=None).written == 1
+    assert small.written == 1 and "over the limit of 1,000" in small.skipped[0].reason
+    assert caffe_lmdb.convert_imageset(*args, tmp_path / "b", max_pixels=None).written == 2
     assert cli_main(["convert-imageset", "--max_pixels=1000", *args, str(tmp_path / "c")]) == 0
-    assert "1 skipped" in capsys.readouterr().out and read_lmdb(tmp_path / "c") == []
+    assert "1 skipped" in capsys.readouterr().out and len(read_lmdb(tmp_path / "c")) == 1
     assert cli_main(["convert-imageset", "--max_pixels=0", *args, str(tmp_path / "d")]) == 0
-    assert len(read_lmdb(tmp_path / "d")) == 1
+    assert len(read_lmdb(tmp_path / "d")) == 2
     with pytest.raises(ImageTooLargeError):
         check_image(tmp_path / "a.png", 1000)
     check_image(tmp_path / "a.png", 2000)

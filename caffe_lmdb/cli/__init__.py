@@ -4,6 +4,7 @@ Each group of subcommands lives in its own module with a ``register(subparsers)`
 adds its parsers and sets ``func`` (a function of the parsed arguments returning an exit code).
 """
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -38,12 +39,18 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # piped into head, which has what it wanted: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the flush at exit cannot fail again
+        return 141
     except (CaffeLMDBError, OSError) as exc:  # OSError: a missing input file, a full disk...
         print(f"caffe-lmdb: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("caffe-lmdb: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"caffe-lmdb: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

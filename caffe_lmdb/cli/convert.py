@@ -79,7 +79,7 @@ def _common(p):
                    "supported)")
     p.add_argument("--map_size", type=int, default=None, metavar="BYTES",
                    help="initial LMDB map size (it grows by itself when full)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_positive, default=None,
                    help=f"parallel workers (default: all cores, here {default_workers()}; "
                         "with --executor=ray: the cluster's CPUs)")
     p.add_argument("--executor", default=None, choices=("local", "thread", "process", "ray"),
@@ -98,7 +98,8 @@ def _common(p):
 def _image_flags(p):
     flag(p, "gray", "decode images as one gray channel")
     flag(p, "shuffle", "shuffle the order of the samples (reproducible with --seed)")
-    p.add_argument("--seed", type=int, default=None, help="seed of --shuffle's permutation")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seed of --shuffle's permutation (0 or more)")
     p.add_argument("--resize_height", type=int, default=0, metavar="H",
                    help="resize images to H x W (both must be > 0)")
     p.add_argument("--resize_width", type=int, default=0, metavar="W")
@@ -176,10 +177,13 @@ def register(sub):
     flag(p, "overwrite", "replace an existing file")
     p.set_defaults(func=_labelmap)
 
-    p = sub.add_parser("demo", help="convert the sample images shipped with caffe_lmdb and "
-                       "print the summary")
+    help_ = "convert the sample images shipped with caffe_lmdb and print the summary"
+    p = sub.add_parser("demo", help=help_, description=help_ + (
+        ": the main job on 36 small images (3 classes), into OUT (default sample_lmdb)."))
     p.add_argument("out", nargs="?", default="sample_lmdb", metavar="OUT")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="parallel workers (default: all cores)")
+    flag(p, "overwrite", "replace OUT if it exists")
     flag(p, "quiet", "no progress bar")
     p.set_defaults(func=_demo)
 
@@ -243,9 +247,10 @@ def with_progress(args, what, call):
     try:
         return call(update)
     except KeyboardInterrupt:
-        if getattr(args, "resume", None) is not None:
-            print("caffe-lmdb: interrupted; the database keeps every record converted so far: "
-                  "run the same command with --resume to finish it", file=sys.stderr)
+        if getattr(args, "resume", None) is not None:  # main() prints it, once
+            raise KeyboardInterrupt("interrupted; the database keeps every record converted "
+                                    "so far: run the same command with --resume to finish "
+                                    "it") from None
         raise
     finally:
         if bar is not None:
@@ -257,6 +262,27 @@ def _check_backend(args):
     if backend != "lmdb":
         raise _UsageError(f"backend {backend!r} is not supported: caffe-lmdb writes LMDB "
                           "only (--backend=lmdb)")
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value} (the shuffle's "
+                                         "generator takes non-negative seeds)")
+    return value
 
 
 def _shard(text):
@@ -316,14 +342,10 @@ def _converter(name, images, call):
 
 
 def _demo(args):
-    from ..write.sink import read_state
-
     out = args.out
-    state = read_state(out) if os.path.isdir(out) else None
-    again = bool(state and (state.get("job") or {}).get("demo"))  # replace our own demo only
     root = SAMPLE_DIR + os.sep
     summary = with_progress(args, "demo", lambda progress: api.run(
-        _DemoSource(root), out, job="demo", workers=args.workers, overwrite=again,
+        _DemoSource(root), out, job="demo", workers=args.workers, overwrite=args.overwrite,
         progress=progress))
     print(summary)
     print(f"Caffe reads it with: data_param {{ source: \"{out}\" backend: LMDB "
@@ -356,4 +378,5 @@ def preprocess(argv):
 
 
 _COMMANDS = ("convert-imageset", "convert-annoset", "convert-folder", "convert-mnist",
-             "convert-cifar", "demo")
+             "convert-cifar", "demo",
+             "compute-mean")  # compute-mean: as Caffe's scripts call compute_image_mean

@@ -1,15 +1,19 @@
 """Mean-file commands: mean-to-npy and npy-to-mean."""
 import numpy as np
 
+from ..errors import SourceFormatError
 from ..format.blob import read_mean, write_mean
+from ..format.sniff import describe_bytes
 
 
 def register(sub):
-    p = sub.add_parser("mean-to-npy", help="convert a .binaryproto mean file to a .npy array")
+    help_ = "convert a .binaryproto mean file to a .npy array"
+    p = sub.add_parser("mean-to-npy", help=help_, description=help_[:1].upper() + help_[1:] + ".")
     p.add_argument("mean", help="input .binaryproto")
     p.add_argument("npy", help="output .npy, shape (C, H, W), float32")
     p.set_defaults(func=_mean_to_npy)
-    p = sub.add_parser("npy-to-mean", help="convert a (C, H, W) .npy array to a .binaryproto")
+    help_ = "convert a (C, H, W) .npy array to a .binaryproto"
+    p = sub.add_parser("npy-to-mean", help=help_, description=help_[:1].upper() + help_[1:] + ".")
     p.add_argument("npy", help="input .npy")
     p.add_argument("mean", help="output .binaryproto")
     p.set_defaults(func=_npy_to_mean)
@@ -24,7 +28,25 @@ def _mean_to_npy(args):
 
 
 def _npy_to_mean(args):
-    arr = np.load(args.npy)
+    try:
+        arr = np.load(args.npy, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        with open(args.npy, "rb") as f:
+            head = f.read(64)
+        raise SourceFormatError(f"{args.npy} is not a .npy array file (it looks like "
+                                f"{describe_bytes(head)}): give the (C, H, W) mean saved with "
+                                f"numpy.save ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        raise SourceFormatError(f"{args.npy} does not hold one numeric array")
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise SourceFormatError(f"{args.npy} holds an array of shape {arr.shape}: a mean "
+                                "file needs (C, H, W)")
+    if arr.shape[2] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+        raise SourceFormatError(
+            f"{args.npy} holds an array of shape {arr.shape}, which looks like H x W x C "
+            "(channels last): Caffe's mean is C x H x W; save arr.transpose(2, 0, 1) instead")
     write_mean(arr, args.mean)
     print(f"{args.npy} -> {args.mean}: shape {arr.shape}")
     return 0

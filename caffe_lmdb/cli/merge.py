@@ -1,5 +1,6 @@
 """The ``merge`` command: ``caffe-lmdb merge OUT IN1 IN2 ...`` (see :mod:`caffe_lmdb.merging`)."""
 from ..write.merge import merge
+from ..write.salvage import salvage
 from .convert import flag, with_progress
 
 
@@ -16,10 +17,25 @@ def register(sub):
     flag(p, "quiet", "no progress bar and no summary (errors are still printed)")
     p.set_defaults(func=_merge)
 
+    help_ = ("copy every record that can still be read from a damaged (or LMDB 1.0) database "
+             "into a new LMDB 0.9 database, in order, and report what was lost")
+    p = sub.add_parser("salvage", help=help_, description=help_ + (
+        ". Run 'caffe-lmdb verify DB' first to see what is damaged. OUT is a new folder."))
+    p.add_argument("db", metavar="DB", help="the LMDB folder to read")
+    p.add_argument("out", metavar="OUT", help="the new LMDB folder to write")
+    flag(p, "overwrite", "replace an existing OUT")
+    p.set_defaults(func=_salvage)
+
 
 def _merge(args):
     summary = with_progress(args, "merge", lambda progress: merge(
         args.out, args.inputs, overwrite=args.overwrite, progress=progress))
     if not args.quiet:
         print(summary)
+    return 0
+
+
+def _salvage(args):
+    report = salvage(args.db, args.out, overwrite=args.overwrite)
+    print(report)
     return 0

@@ -48,11 +48,13 @@ def register(sub):
                  "image as .binaryproto (and/or .npy)")
     p.add_argument("out", nargs="?", metavar="OUT.binaryproto")
     p.add_argument("--npy", metavar="OUT.npy", help="also (or only) save the (C, H, W) mean")
+    p.add_argument("--backend", default="lmdb", choices=("lmdb",),
+                   help="lmdb (as compute_image_mean's -backend; also -backend=lmdb)")
 
 
 def _command(sub, name, func, help):
     """A subcommand reading one database: DB, --quiet, and its function."""
-    p = sub.add_parser(name, help=help)
+    p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
     p.add_argument("db", metavar="DB")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
@@ -74,6 +76,9 @@ def _verify(args):
     report = with_progress(args, "verify", lambda progress: _inspect.verify(
         args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed))
     print(report)
+    if report.ok and report.incomplete:  # valid so far, but not what the conversion will give
+        print(f"INCOMPLETE: {report.entries} records, no problems in them; {report.incomplete}")
+        return 1
     if report.ok:
         print(f"OK: {report.entries} records, no problems")
         return 0

@@ -4,8 +4,9 @@ from ..errors import OptionError
 
 
 def register(sub):
-    p = sub.add_parser("show", help="a contact sheet of records (image, position, key, label) "
-                       "as a PNG; reads only the records it shows")
+    help_ = ("a contact sheet of records (image, position, key, label) as a PNG; reads only "
+             "the records it shows")
+    p = sub.add_parser("show", help=help_, description=help_[:1].upper() + help_[1:] + ".")
     p.add_argument("db", metavar="DB")
     p.add_argument("--out", default="sheet.png", metavar="SHEET.png",
                    help="the image to write (default sheet.png; replaced if it exists)")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -301,24 +300,11 @@ def boxes_to_pixels(boxes, width: int, height: int) -> np.ndarray:
 
 
 def messages():
-    """The generated protobuf module of proto/annotated.proto (``AnnotatedDatum``,
-    ``LabelMap``, ...), imported on first use."""
-    from . import datum_pb2  # registers datum.proto, which annotated.proto imports
+    """The message classes of proto/annotated.proto (``AnnotatedDatum``, ``LabelMap``, ...) and
+    of datum.proto, as attributes (see :mod:`caffe_lmdb.format.proto`)."""
+    from .proto import messages as _messages
 
-    try:
-        from . import annotated_pb2
-    except ModuleNotFoundError as exc:
-        if exc.name != "datum_pb2":
-            raise
-        # compiled by a plain protoc call, which imports its dependency as a top-level module
-        added = "datum_pb2" not in sys.modules
-        sys.modules.setdefault("datum_pb2", datum_pb2)
-        try:
-            from . import annotated_pb2
-        finally:
-            if added:
-                del sys.modules["datum_pb2"]
-    return annotated_pb2
+    return _messages()
 
 
 def read_labelmap(path) -> list[tuple[str, int, str]]:

@@ -2,7 +2,8 @@
 write and read them.
 
 Pure functions of their arguments (no files, no LMDB), so any executor can run them. This is
-the only module that imports the generated ``datum_pb2``.
+the only module besides :mod:`caffe_lmdb.format.proto` (which makes them) that uses the
+protobuf message classes.
 
 Two paths lead from bytes to arrays:
 
@@ -22,14 +23,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import DatumDecodeError, ImageReadError
-from . import cv, datum_pb2
+from . import cv
 from .imagesize import DEFAULT_MAX_PIXELS, check_image
+from .proto import BlobProto, BlobProtoVector, BlobShape, Datum
 from .sniff import image_format
-
-Datum = datum_pb2.Datum
-BlobShape = datum_pb2.BlobShape
-BlobProto = datum_pb2.BlobProto
-BlobProtoVector = datum_pb2.BlobProtoVector
 
 #: what the parser reads: bytes, or any object exposing a byte buffer (an LMDB value)
 Buffer = Any
@@ -427,6 +424,12 @@ def _decode_image(buf, f, color, max_pixels):
     if img is None:
         raise DatumDecodeError(f"encoded image of {size} bytes could not be decoded "
                                f"(format {image_format(blob) or 'unknown'})")
+    if img.dtype != _U8:  # decoded natively: a 16-bit PNG or TIFF (Caffe aborts on it)
+        raise DatumDecodeError(
+            f"encoded image has {img.dtype} samples ({img.dtype.itemsize * 8}-bit "
+            f"{image_format(blob) or 'image'}): Caffe's DataLayer and compute_image_mean read "
+            "only 8-bit images; read with color=True or color=False to have it converted to 8 "
+            "bits, or convert the file to 8 bits")
     return cv.hwc_to_chw(img)
 
 

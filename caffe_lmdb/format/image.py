@@ -100,6 +100,7 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
                           "the encoding; pass encode='jpg' or 'png'")
     if (resize_to(resize) is None and not gray and ext is not None
             and extension_matches(ext, encode_type)):
+        _refuse_deep(blob, name)
         payload = blob
     else:
         cv2 = cv.cv2()
@@ -112,6 +113,25 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
                               "(use an image type OpenCV writes, e.g. jpg or png)")
         payload = buf.tobytes()
     return datum_bytes(data=payload, label=label, encoded=True)
+
+
+def _refuse_deep(blob: bytes, name: str | None) -> None:
+    """A file stored as it is must decode to 8 bits per sample: Caffe's DataLayer and
+    compute_image_mean abort on anything else (a 16-bit PNG would decode to uint16)."""
+    fmt = image_format(blob)
+    if fmt in ("jpg", "gif", "bmp"):
+        return  # 8 bits per sample (OpenCV decodes 12-bit JPEGs to 8 bits)
+    if fmt == "png" and len(blob) > 24:
+        deep = blob[24] > 8  # IHDR bit depth
+    else:
+        cv2 = cv.cv2()
+        img = cv2.imdecode(np.frombuffer(blob, _U8), cv2.IMREAD_UNCHANGED)
+        deep = img is not None and img.dtype != _U8
+    if deep:
+        raise ImageReadError(f"{name or 'image'} has more than 8 bits per sample (e.g. a "
+                             "16-bit PNG): Caffe's DataLayer reads only 8-bit images. Convert "
+                             "it to 8 bits, or convert without --encoded (raw records are "
+                             "decoded to 8 bits)", name)
 
 
 def image_to_datum(path_or_bytes: PathOrBytes, label: int | None,

@@ -63,10 +63,12 @@ def describe_bytes(value: bytes | bytearray | memoryview) -> str:
             return what
     if value[:1] == b"\x80" and len(value) > 1 and 2 <= value[1] <= 5:
         return f"a Python pickle (protocol {value[1]})"
+    text: str | None
     try:
         text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    except UnicodeDecodeError as exc:  # a character cut by the 64-byte window is still text
+        text = value[:exc.start].decode("utf-8") if exc.start >= len(value) - 3 and \
+            exc.start > 0 else None
     if text is not None and (text.isprintable() or _is_text_lines(text)):
         kind = "JSON" if text.lstrip()[:1] in ("{", "[") else "text"
         return f"{kind} {text[:40]!r}"

@@ -129,6 +129,16 @@ class _Recycler:
         return a
 
 
+def check_structure(path):
+    """The problems of the database file's structure (pages, counts, free list), one line
+    each, from the storage engine's offline checker (py-lmdb >= 3 for LMDB); None where the
+    engine has none. Reads the file without handing it to the engine, so it works on damaged
+    files."""
+    from ..storage.lmdb import structural_problems
+
+    return structural_problems(_check_path(path))
+
+
 def open(path, **options):  # noqa: A001 - the package's entry point, as lmdb.open
     """Open a Caffe database for reading; see :class:`DatumDB` for the options."""
     return DatumDB(path, **options)
@@ -202,6 +212,13 @@ class DatumDB:
     def backend(self):
         """The storage engine of the database (``"lmdb"``)."""
         return self._store.backend
+
+    @property
+    def data_format(self):
+        """The file format, e.g. ``"LMDB 0.9"`` (Caffe's) or ``"LMDB 1.0"`` (which Caffe
+        cannot open); None where the engine has one format only."""
+        get = getattr(self._store, "data_format", None)
+        return get() if get is not None else None
 
     def begin(self, buffers=True):
         """A read view of the database (:class:`~caffe_lmdb.storage.base.ReadTxn`: ``get``,
@@ -302,6 +319,10 @@ class DatumDB:
             return self.read(range(*i.indices(len(self))))
         if isinstance(i, (list, tuple, np.ndarray, range)):
             return self.read(i)
+        if isinstance(i, (str, bytes, bytearray)):
+            raise TypeError(f"db[...] takes a position (an int); for the record with key "
+                            f"{show_key(i)} use db.get({i!r}) (or db.index(key) for its "
+                            "position)")
         index = self._keys()
         key = index[position(i, len(index))]
         return self._get(key, missing=lambda: _changed(self.path, key))

@@ -20,24 +20,87 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 
 import lmdb
 
 from ..errors import (
+    DamagedDBError,
     DuplicateKeyError,
     KeyTooLongError,
+    LMDBFormatError,
     NotADatumDBError,
     ResumeError,
     WriteError,
     show_key,
 )
+from ..messages import damaged_message, lmdb_1_message
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
-           "DEFAULT_MAP_SIZE"]
+           "DEFAULT_MAP_SIZE", "data_format", "refuse_lmdb_1", "NEW_DB_OPTIONS",
+           "FORMAT_09", "FORMAT_10", "DAMAGE_ERRORS", "structural_problems"]
 
 MAX_READERS = 1024
 DEFAULT_MAP_SIZE = 64 << 20
+#: what LMDB raises on a damaged data.mdb
+DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError,
+                 lmdb.BadValsizeError)
+
+# ---------------------------------------------------------------------------------------------
+# The data format: LMDB 0.9 (Caffe's) or 1.0
+# ---------------------------------------------------------------------------------------------
+
+FORMAT_09 = "LMDB 0.9"
+FORMAT_10 = "LMDB 1.0"
+_MAGIC = 0xBEEFC0DE
+_DATA_VERSIONS = {1: FORMAT_09, 3: FORMAT_10}  # MDB_DATA_VERSION of each engine
+
+
+def data_format(path):
+    """The data format of the LMDB at ``path`` (a folder): ``"LMDB 0.9"`` (what Caffe reads),
+    ``"LMDB 1.0"``, ``"unknown"``, or None when there is no data.mdb or it is empty.
+
+    py-lmdb 3 bundles both engines; their files cannot be read by the other one. The format is
+    the 32-bit data version that follows the magic number in the first meta page."""
+    try:
+        with open(os.path.join(os.fspath(path), "data.mdb"), "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return None
+    for off in range(0, len(head) - 7, 4):
+        if struct.unpack_from("=I", head, off)[0] == _MAGIC:
+            return _DATA_VERSIONS.get(struct.unpack_from("=I", head, off + 4)[0], "unknown")
+    return "unknown"
+
+
+def refuse_lmdb_1(path):
+    """Raise LMDBFormatError when the database at ``path`` is in the 1.0 format (writing more
+    into it would extend a file Caffe cannot read)."""
+    if data_format(path) == FORMAT_10:
+        raise LMDBFormatError(lmdb_1_message(path))
+
+
+def _new_db_options():
+    """``lmdb.open`` keywords that make a new database in the 0.9 format, whatever
+    ``LMDB_DEFAULT_LIB_VERSION`` says: ``lib_version=0`` on a py-lmdb with both engines;
+    nothing on older ones (0.9 only)."""
+    try:
+        major = lmdb.version(lib_version=0)[0]
+    except TypeError:  # py-lmdb < 3: one engine, and lmdb.version() says which
+        major = lmdb.version()[0]
+        if major != 0:
+            return None
+        return {}
+    except lmdb.Error:  # a build with no 0.9 engine (LMDB_FORCE_SYSTEM with liblmdb 1.0)
+        return None
+    return {"lib_version": 0} if major == 0 else None
+
+
+#: keywords for ``lmdb.open`` when a writer opens a database (None: cannot write 0.9 here)
+NEW_DB_OPTIONS = _new_db_options()
 
 
 def truncation(env, path):
@@ -149,11 +212,12 @@ if hasattr(os, "register_at_fork"):
 class LMDBTxn:
     """A read transaction seen through :class:`~caffe_lmdb.storage.base.ReadTxn`."""
 
-    __slots__ = ("txn", "get")
+    __slots__ = ("txn", "get", "path")
 
-    def __init__(self, txn):
+    def __init__(self, txn, path=None):
         self.txn = txn
         self.get = txn.get  # bound once: the random-read path calls it per record
+        self.path = path
 
     def iter_keys(self):
         return self.txn.cursor().iternext(keys=True, values=False)
@@ -167,8 +231,10 @@ class LMDBTxn:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.txn.abort()
+        if isinstance(exc, DAMAGE_ERRORS):  # a bad page met while reading in this view
+            raise DamagedDBError(damaged_message(self.path, exc)) from exc
 
 
 class LMDBReader:
@@ -191,6 +257,10 @@ class LMDBReader:
             self._pid = pid
         return self._env
 
+    def data_format(self):
+        """``"LMDB 0.9"`` (what Caffe reads) or ``"LMDB 1.0"``: see :func:`data_format`."""
+        return data_format(self.path)
+
     def begin(self, buffers=True):
         env = self.env
         try:
@@ -198,7 +268,7 @@ class LMDBReader:
         except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
             env.set_mapsize(0)
             txn = env.begin(buffers=buffers)
-        return LMDBTxn(txn)
+        return LMDBTxn(txn, self.path)
 
     def close(self):
         if self._env is not None and self._pid == os.getpid():
@@ -227,9 +297,15 @@ class LMDBWriter:
         self.hook = hook
         self.commit_every = max(1, int(commit_every))
         self.commit_bytes = int(commit_bytes)
+        refuse_lmdb_1(self.path)  # appending, resuming or merging into it
+        if NEW_DB_OPTIONS is None:
+            raise WriteError(f"cannot write {self.path}: this py-lmdb {lmdb.__version__} has no "
+                             "LMDB 0.9 engine, and Caffe reads nothing else (install py-lmdb "
+                             "from PyPI: pip install --force-reinstall lmdb)")
         try:
             self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True,
-                                 meminit=False, sync=sync, max_dbs=0, max_readers=MAX_READERS)
+                                 meminit=False, sync=sync, max_dbs=0, max_readers=MAX_READERS,
+                                 **NEW_DB_OPTIONS)
         except lmdb.Error as exc:  # e.g. no room for lock.mdb
             raise WriteError(f"could not open {self.path} for writing ({exc})") from exc
         short = truncation(self.env, self.path)
@@ -370,3 +446,16 @@ class LMDBWriter:
             return os.path.getsize(os.path.join(self.path, "data.mdb"))
         except OSError:
             return 0
+
+
+def structural_problems(path):
+    """The problems py-lmdb's offline structural checker (``python -m lmdb verify``, py-lmdb
+    >= 3) finds in ``path``/data.mdb, one string each; None where py-lmdb has no checker."""
+    try:
+        from lmdb import verify as checker
+    except ImportError:
+        return None
+    try:
+        return list(checker.verify(os.fspath(path), subdir=True))
+    except checker.VerifyError as exc:
+        return [str(exc)]

@@ -13,6 +13,7 @@
 
 All three read a chunk of records at a time: memory does not grow with the database.
 """
+import json
 import os
 import re
 import zipfile
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import (
     CaffeLMDBError,
+    DamagedDBError,
     DatumDecodeError,
     OutputExistsError,
     show_key,
@@ -31,8 +33,8 @@ from ..errors import (
 from ..format import keys as _keys
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes, image_format
-from ..messages import human_bytes
-from ..read.reader import as_db
+from ..messages import human_bytes, lmdb_1_message
+from ..read.reader import DatumDB, as_db, check_structure
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
 
@@ -58,6 +60,9 @@ class DBInfo:
     """What :func:`info` and :func:`verify` found (``str()`` gives the report)."""
     path: str
     entries: int = 0
+    data_format: str | None = None    # "LMDB 0.9" (Caffe's) or "LMDB 1.0"
+    # why the database is not finished (an interrupted conversion); not a problem of its records
+    incomplete: str | None = None
     file_bytes: int = 0
     used_bytes: int = 0
     key_pattern: str = ""
@@ -93,6 +98,9 @@ class DBInfo:
     def __str__(self):
         lines = [f"{self.path}",
                  f"  entries      {self.entries}",
+                 *([f"  format       {self.data_format}"
+                    + (" (Caffe reads it)" if self.data_format == "LMDB 0.9" else
+                       " (Caffe cannot open it)")] if self.data_format else []),
                  f"  size         {human_bytes(self.file_bytes)} data.mdb"
                  + (f" ({human_bytes(self.used_bytes)} in use)" if self.used_bytes else ""),
                  f"  keys         {self.key_pattern or '<none>'}"]
@@ -135,6 +143,8 @@ class DBInfo:
             lines.append(f"  note         {self.raw_without_encoded} raw records have no "
                          "'encoded' field (as Caffe's MNIST/CIFAR converters write): Caffe "
                          "reads them, NVIDIA DALI takes them for encoded images")
+        if self.incomplete:
+            lines.append(f"  INCOMPLETE   {self.incomplete}")
         if self.problem_count:
             lines.append(f"  problems     {self.problem_count}")
             lines += [f"    {p}" for p in self.problems]
@@ -151,7 +161,7 @@ class DBInfo:
 class _Scan:
     def __init__(self, db, decode_images, max_listed):
         self.db = db
-        self.report = DBInfo(path=db.path)
+        self.report = DBInfo(path=db.path if db is not None else "")
         self.decode_images = decode_images  # "all", "sample" or "none"
         self.max_listed = max_listed
         self.encoded_seen = 0
@@ -290,6 +300,28 @@ def _file_sizes(db, report):
     env = db.env
     stat, env_info = env.stat(), env.info()
     report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
+    report.data_format = db.data_format
+    report.incomplete = _incomplete(db.path)
+
+
+#: the resume state a converter keeps beside data.mdb (caffe_lmdb.write.sink.STATE_NAME)
+_STATE_NAME = "convert_state.json"
+
+
+def _incomplete(path):
+    """What the resume state beside the database says when its conversion did not finish."""
+    try:
+        with open(os.path.join(path, _STATE_NAME), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("done", True):
+        return None
+    job = state.get("job") or {}
+    name = str(job.get("job", "convert")).replace("_", "-")
+    return (f"the {name} run writing it stopped after sample {state.get('next_index', 0)} "
+            f"({state.get('written', 0)} records committed; see {_STATE_NAME}): run the same "
+            "command again with --resume to finish it")
 
 
 def _box_facts(db, report, scan, problems):
@@ -336,12 +368,26 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
     """Check every record; returns a :class:`DBInfo` whose ``problems`` list what is wrong
     (``ok`` is True when nothing is). ``decode_images=False`` skips decoding encoded images
     (faster; their shapes are then not checked)."""
-    db = as_db(source)
-    scan = _Scan(db, "all" if decode_images else "none", max_listed)
-    report = scan.run(progress)
+    path = source.path if isinstance(source, DatumDB) else os.fspath(source)
+    structure = check_structure(path)
+    try:
+        db = as_db(source)
+        scan = _Scan(db, "all" if decode_images else "none", max_listed)
+        report = scan.run(progress)
+    except DamagedDBError as exc:  # the records cannot be walked: say what the checker saw
+        scan = _Scan(None, "none", max_listed)
+        scan.report.path = path
+        for line in structure or []:
+            scan.problem("structure", None, line)
+        scan.problem("damaged", None, str(exc))
+        return scan.report
+    for line in structure or []:
+        scan.problem("structure", None, line)
     _key_facts(db, report)
     _file_sizes(db, report)
     _box_facts(db, report, scan, problems=True)
+    if report.data_format == "LMDB 1.0":
+        scan.problem("format", None, lmdb_1_message(db.path))
     if report.unpadded:
         a, b = report.out_of_order
         scan.problem("keys", None,

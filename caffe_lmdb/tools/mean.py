@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import NotADatumDBError
+
 __all__ = ["compute_mean", "channel_means"]
 
 
@@ -31,7 +33,7 @@ def compute_mean(source: Any, progress: Callable[[int, int], Any] | None = None,
     db = open_db(source.path if isinstance(source, DatumDB) else source)
     n = len(db)
     if n == 0:
-        raise ValueError(f"{db.path} holds no records: there is no mean to compute")
+        raise NotADatumDBError(f"{db.path} holds no records: there is no mean to compute")
     total = None
     for start, images, _ in db.scan(batch_size, purpose="the records of a mean"):
         if total is None:

@@ -43,9 +43,9 @@ class PathFallbackWarning(UserWarning):
 
 
 def _pb2():
-    from ..format import caffe_net_pb2
+    from ..format.proto import messages
 
-    return caffe_net_pb2
+    return messages()
 
 
 def parse_net(text_or_path: str | os.PathLike) -> tuple[Any, str | None]:

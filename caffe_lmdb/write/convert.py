@@ -23,14 +23,30 @@ import time
 
 import numpy as np
 
-from ..errors import ImageReadError, OptionError, ResumeError, ShapeMismatchError, SourceFormatError
+from ..errors import (
+    EncodeError,
+    ImageReadError,
+    NothingWrittenError,
+    OptionError,
+    ResumeError,
+    ShapeMismatchError,
+    SourceFormatError,
+)
 from ..format.annotated import is_annotated, unwrap_datum
 from ..format.datum import array_to_datum_bytes, parse_datum
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import index_key
 from .encode import Skip, encode_many
 from .executors import InlineExecutor, make_executor, ordered_map, prefetch
-from .sink import DEFAULT_MAP_SIZE, LOG_NAME, open_sink, prepare_output, read_state, write_state
+from .sink import (
+    DEFAULT_MAP_SIZE,
+    LOG_NAME,
+    OWN_FILES,
+    open_sink,
+    prepare_output,
+    read_state,
+    write_state,
+)
 from .sources import (
     ArraySource,
     CifarSource,
@@ -189,7 +205,11 @@ def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, stri
                              resume=resume, check_size=check_size, targets=targets, files=files)
     with conversion.open_outputs(map_size, commit_every):
         conversion.run(ex, strict=strict, timeout=timeout, progress=progress)
-    return conversion.summary(time.perf_counter() - t0)
+    summary = conversion.summary(time.perf_counter() - t0)
+    if summary.total and not summary.written:
+        _nothing_written(source, conversion.path, conversion.tpath, summary,
+                         conversion.resuming)
+    return summary
 
 
 class _Conversion:
@@ -325,6 +345,35 @@ class _Conversion:
                        seconds=seconds)
 
 
+def _nothing_written(source, path, tpath, summary, resumed):
+    """Every sample was skipped: remove the empty database this run made (so that the
+    corrected command runs as it is) and say what was probably wrong."""
+    skipped = summary.skipped
+    root = getattr(source, "root", None)
+    missing = [s for s in skipped if "No such file or directory" in s.reason]
+    if root is not None and skipped and len(missing) == len(skipped):
+        cause = (f"no listed file exists under {root}: is the root folder right? (first: "
+                 f"{missing[0].reason})")
+    elif skipped:
+        cause = f"the first one: {skipped[0].where}: {skipped[0].reason}"
+    else:
+        cause = "no sample gave a record"
+    kept = ""
+    if not resumed:
+        for folder in (path, tpath):
+            if folder is None:
+                continue
+            for name in OWN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    else:
+        kept = f" ({path} is left as it was)"
+    raise NothingWrittenError(f"0 records written, {len(skipped)} of {summary.total} samples "
+                              f"skipped: {cause}{kept}")
+
+
 def _check_size(rec, first_shape):
     """convert_imageset's --check_size: every raw record has the first one's shape."""
     value = rec.value
@@ -348,6 +397,12 @@ def _image_options(gray, resize_height, resize_width, encoded, encode_type, max_
     enc = None
     if encoded or encode_type:  # Caffe: a non-empty --encode_type alone also encodes
         enc = str(encode_type).lower().lstrip(".") if encode_type else True
+    if isinstance(enc, str):  # checked before anything is created
+        from ..format.cv import cv2
+
+        if not cv2().haveImageWriter("image." + enc):
+            raise EncodeError(f"OpenCV {cv2().__version__} cannot write images of type {enc!r} "
+                              "(--encode_type): use one it writes, e.g. jpg or png")
     resize = (int(resize_height), int(resize_width))
     return ImageOptions(resize=resize if resize[0] > 0 and resize[1] > 0 else None,
                         gray=bool(gray), encode=enc, max_pixels=int(max_pixels or 0) or None)

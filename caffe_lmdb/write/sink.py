@@ -16,7 +16,7 @@ import signal
 
 from ..errors import OutputExistsError, OutputPathError, WriteError
 from ..storage.base import open_writer
-from ..storage.lmdb import DEFAULT_MAP_SIZE, LMDBWriter
+from ..storage.lmdb import DEFAULT_MAP_SIZE, LMDBWriter, refuse_lmdb_1
 
 __all__ = ["LMDBSink", "open_sink", "prepare_output", "read_state", "write_state", "STATE_NAME",
            "LOG_NAME", "OWN_FILES", "DEFAULT_MAP_SIZE", "crash_point"]
@@ -92,6 +92,7 @@ def prepare_output(path, overwrite=False, resume=False):
         return False
     if os.path.isfile(os.path.join(path, "data.mdb")):
         if resume:
+            refuse_lmdb_1(path)  # more records in a file Caffe cannot open: no
             return True
         if overwrite:
             for name in OWN_FILES:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import KeyTooLongError, SourceFormatError
+from ..errors import KeyTooLongError, OptionError, SourceFormatError
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import MAX_KEY_BYTES, imageset_key, index_key
 from ..format.listfile import parse_list_line, read_list_file
@@ -416,6 +416,8 @@ class ArraySource:
         self.count = len(images)
         if labels is not None and len(labels) != self.count:
             raise ValueError(f"{self.count} images but {len(labels)} labels")
+        if labels is not None:
+            _check_integer_labels(labels)
 
     def __len__(self):
         return self.count
@@ -435,3 +437,26 @@ class ArraySource:
 
     def fingerprint(self):
         return None  # in-memory data cannot be checked on resume
+
+
+def _check_integer_labels(labels):
+    """A Datum's label is an int32: refuse labels that are not whole numbers (0.5 would be
+    stored as 0) or that do not fit, before anything is written."""
+    arr = np.asarray(labels)
+    if arr.dtype == object:
+        arr = np.asarray([float(v) if not isinstance(v, (int, np.integer)) else v
+                          for v in labels])
+    if arr.dtype.kind in "fc":
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if len(bad):
+            i = int(bad[0])
+            raise OptionError(f"label {i} is {labels[i]!r}: a Datum's label is an integer (it "
+                              "would be stored as " + (f"{int(arr[i])})" if np.isfinite(arr[i])
+                                                       else "nothing)") +
+                              "; for float targets write them to a float database beside it "
+                              "(convert-imageset --targets=K, or write_arrays of a (N, K, 1, 1)"
+                              " float32 array with the same keys)")
+    elif arr.dtype.kind not in "iub":
+        raise OptionError(f"labels must be integers, got {arr.dtype} values")
+    if arr.size and (arr.min() < -(1 << 31) or arr.max() >= (1 << 31)):
+        raise OptionError("labels must fit in a Datum's int32 label")
