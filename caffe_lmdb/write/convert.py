@@ -153,8 +153,8 @@ def _skip_line(skip):
 def _load_resume(path, fingerprint):
     state = read_state(path)
     if state is None:
-        raise ResumeError(f"{path} holds an LMDB but no convert_state.json, so it was not left "
-                          "by an interrupted caffe_lmdb conversion and cannot be resumed; use "
+        raise ResumeError(f"{path} holds a database but no convert_state.json, so it was not "
+                          "left by an interrupted caffe_lmdb conversion and cannot be resumed; use "
                           "--overwrite to convert again from the start")
     if state.get("job") != fingerprint:
         old, new = state.get("job") or {}, fingerprint or {}
@@ -350,7 +350,7 @@ class _Conversion:
                        targets_path=self.tpath, log_path=self.log_path,
                        written=self.sink.entries, skipped=self.skipped, bytes=self.value_bytes,
                        file_bytes=self.sink.file_size(), map_grown=self.sink.grown,
-                       seconds=seconds)
+                       seconds=seconds, backend=self.backend)
 
 
 def _nothing_written(source, path, tpath, summary, resumed):
@@ -579,7 +579,7 @@ class DatumWriter:
         return Summary(path=self.path, total=self.index, written=self._sink.entries,
                        bytes=self._bytes, seconds=time.perf_counter() - self._t0,
                        resumed_from=self._start, file_bytes=self._sink.file_size(),
-                       map_grown=self._sink.grown)
+                       map_grown=self._sink.grown, backend=self.backend)
 
     def __enter__(self):
         return self
