@@ -22,11 +22,12 @@ What LevelDB imposes, and how this module deals with it:
 * Reading (:class:`LevelDBReader`, :class:`LevelDBTxn`): each read view is a snapshot.
 * Writing (:class:`LevelDBWriter`): puts go into a WriteBatch, written with ``sync=True`` at
   each commit; LevelDB's log replays whole batches only, so after a kill the database holds
-  every committed batch (a valid prefix). The options are Caffe's (db_leveldb.cpp): 64 KiB
-  blocks, a 256 MiB write buffer, 100 open files, snappy compression.
+  every committed batch (a valid prefix). The options, for reading too, are Caffe's
+  (db_leveldb.cpp): 64 KiB blocks, a 256 MiB write buffer, 100 open files, snappy compression.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,8 +39,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import (DatabaseLockedError, DuplicateKeyError, MissingDependencyError,
-                      NotADatumDBError, WriteError, show_key)
+from ..errors import (
+    DatabaseLockedError,
+    DuplicateKeyError,
+    MissingDependencyError,
+    NotADatumDBError,
+    WriteError,
+    show_key,
+)
 
 __all__ = ["import_plyvel", "is_leveldb", "is_leveldb_file", "is_read_only", "LevelDBReader",
            "LevelDBTxn", "LevelDBWriter", "readable_copy", "identity", "lmdb_cache",
@@ -145,7 +152,10 @@ class _Registry:
             ident = os.path.realpath(path)
             entry = self.dbs.get(ident)
             if entry is None:
-                entry = self.dbs[ident] = [_open(path, False), 0]
+                # Caffe's options: recovery turns a log of up to 256 MiB into one table file
+                # (LevelDB's default of 4 MiB would leave many level-0 files, each merged on
+                # every step of an iterator)
+                entry = self.dbs[ident] = [_open(path, False, **CAFFE_OPTIONS), 0]
             entry[1] += 1
             return entry[0], ident
 
@@ -245,10 +255,8 @@ def folder_bytes(path: str) -> int:
     total = 0
     for name in os.listdir(path):
         if is_leveldb_file(name):
-            try:
+            with contextlib.suppress(OSError):  # deleted meanwhile (a compaction)
                 total += os.path.getsize(os.path.join(path, name))
-            except OSError:
-                pass
     return total
 
 
@@ -283,6 +291,7 @@ class LevelDBWriter:
         if self.last_key is not None:  # resuming: count what the database holds
             with self.db.iterator(include_value=False) as keys:
                 self.entries = sum(1 for _ in keys)
+        self._reused = None
         self._clear()
         self._failed = False
 
@@ -290,8 +299,8 @@ class LevelDBWriter:
         key = bytes(key)
         if not key:
             raise ValueError("keys cannot be empty")
-        if self._batch is None:
-            self._batch = self.db.write_batch(sync=self.sync)
+        if self._batch is None:  # one batch, cleared after each write: its buffer is reused
+            self._batch = self._reused = self._reused or self.db.write_batch(sync=self.sync)
         new = True
         if self.last_key is not None and key <= self.last_key:  # not appended: look it up
             present = key in self._keys or self.db.get(key) is not None
@@ -332,6 +341,7 @@ class LevelDBWriter:
             self._failed = True
             raise WriteError.failed(self.path, exc, self.entries) from exc
         self.entries += self._new
+        self._batch.clear()
         self._clear()
         if self.hook is not None:
             self.hook("committed")
