@@ -36,9 +36,9 @@ from ..format.annotated import is_annotated, unwrap_datum
 from ..format.datum import array_to_datum_bytes, parse_datum
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import index_key
+from ..storage.base import backend_name
 from .encode import Skip, encode_many
 from .executors import InlineExecutor, make_executor, ordered_map, prefetch
-from ..storage.base import backend_name
 from .sink import (
     DEFAULT_MAP_SIZE,
     LOG_NAME,
