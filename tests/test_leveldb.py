@@ -269,6 +269,16 @@ def test_convert_cifar_and_folder_with_leveldb_equal_the_lmdb_ones(tmp_path):
     assert (tmp_path / "folder_leveldb" / "labels.txt").read_text() == "circle\nsquare\ntriangle\n"
 
 
+def test_merge_joins_leveldb_parts_into_an_lmdb(tmp_path):
+    images = np.arange(40 * 4, dtype=np.uint8).reshape(40, 1, 2, 2)
+    caffe_lmdb.write_arrays(tmp_path / "whole", images, list(range(40)))
+    for k in range(2):
+        caffe_lmdb.write_arrays(tmp_path / f"part{k}", images, list(range(40)),
+                                shard=(k, 2), backend="leveldb")
+    caffe_lmdb.merge(tmp_path / "merged", [tmp_path / "part0", tmp_path / "part1"])
+    assert read_lmdb(tmp_path / "merged") == read_lmdb(tmp_path / "whole")
+
+
 def test_output_rules_for_leveldb_folders(fixtures, tmp_path):
     mn = fixtures / "inputs" / "mnist"
     args = (mn / "images-idx3-ubyte", mn / "labels-idx1-ubyte")
