@@ -77,7 +77,7 @@ def _check_path(path, backend=None):
                                "Caffe's LMDBs are folders holding data.mdb (and its LevelDBs "
                                "folders holding CURRENT, MANIFEST-* and table files)")
     if not os.path.exists(path):
-        raise NotADatumDBError(f"no database at {path}: the folder does not exist")
+        raise NotADatumDBError(f"no LMDB or LevelDB at {path}: the folder does not exist")
     if not os.path.isdir(path):
         raise NotADatumDBError(f"{path} is not a folder")
     backend = backend_name(backend)
