@@ -37,6 +37,8 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from ..errors import (
@@ -196,9 +198,13 @@ class LevelDBTxn:
         return self.snapshot.iterator(include_value=False)
 
     def iter_values(self, first_key: bytes) -> Iterator[bytes] | None:
-        if self.snapshot.get(first_key) is None:
+        # One seek, and the first key checked on it: a lookup first would cost as much again.
+        it = self.snapshot.iterator(start=first_key)
+        first = next(it, None)
+        if first is None or first[0] != first_key:
+            it.close()
             return None
-        return self.snapshot.iterator(start=first_key, include_key=False)
+        return chain((first[1],), _values(it))
 
     def iter_items(self, first_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` from ``first_key`` on (all when None), in key order."""
@@ -209,6 +215,11 @@ class LevelDBTxn:
 
     def __exit__(self, *exc: object) -> None:
         self.snapshot.close()
+
+
+def _values(it):
+    """The values of a (key, value) iterator, at C speed."""
+    return map(itemgetter(1), it)
 
 
 class LevelDBReader:
