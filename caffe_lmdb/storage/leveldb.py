@@ -38,7 +38,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 from ..errors import (
@@ -198,13 +197,15 @@ class LevelDBTxn:
         return self.snapshot.iterator(include_value=False)
 
     def iter_values(self, first_key: bytes) -> Iterator[bytes] | None:
-        # One seek, and the first key checked on it: a lookup first would cost as much again.
-        it = self.snapshot.iterator(start=first_key)
+        """Values from ``first_key`` on. The key is not looked up first (that would cost as
+        much as the seek): a key of the reader's index cannot be gone, since this process holds
+        the LevelDB's lock and LevelDB refuses a second handle in the same process, so nothing
+        can write it while it is open here. None only when the seek finds nothing at all."""
+        it = self.snapshot.iterator(start=first_key, include_key=False)
         first = next(it, None)
-        if first is None or first[0] != first_key:
-            it.close()
+        if first is None:
             return None
-        return chain((first[1],), _values(it))
+        return chain((first,), it)
 
     def iter_items(self, first_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` from ``first_key`` on (all when None), in key order."""
@@ -215,11 +216,6 @@ class LevelDBTxn:
 
     def __exit__(self, *exc: object) -> None:
         self.snapshot.close()
-
-
-def _values(it):
-    """The values of a (key, value) iterator, at C speed."""
-    return map(itemgetter(1), it)
 
 
 class LevelDBReader:
