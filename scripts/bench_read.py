@@ -251,6 +251,10 @@ def make_leveldb(path, n, shape, seed):
             batch = db.write_batch()
     batch.write()
     db.close()
+    # one open turns the log into a table (as any first open of a database Caffe wrote does);
+    # the timed passes then read a settled database, its new files flushed to disk
+    import_plyvel().DB(path, create_if_missing=False, **CAFFE_OPTIONS).close()
+    os.sync()
 
 
 def plyvel_pass(db):
