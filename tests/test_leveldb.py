@@ -560,3 +560,11 @@ def test_the_mode_bits_decide_read_only(tmp_path):
         assert engine.is_read_only(str(tmp_path / "d"))
     finally:
         (tmp_path / "d").chmod(0o755)
+
+
+def test_nothing_written_leaves_no_leveldb_behind(tmp_path):
+    (tmp_path / "list.txt").write_text("missing_a.jpg 0\nmissing_b.jpg 1\n")
+    with pytest.raises(caffe_lmdb.CaffeLMDBError, match="0 records written"):
+        caffe_lmdb.convert_imageset(f"{tmp_path}/", tmp_path / "list.txt", tmp_path / "db",
+                                    backend="leveldb")
+    assert not (tmp_path / "db").exists()

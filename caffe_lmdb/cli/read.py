@@ -53,8 +53,6 @@ def register(sub):
                  "image as .binaryproto (and/or .npy)")
     p.add_argument("out", nargs="?", metavar="OUT.binaryproto")
     p.add_argument("--npy", metavar="OUT.npy", help="also (or only) save the (C, H, W) mean")
-    p.add_argument("--backend", default="lmdb", choices=("lmdb",),
-                   help="lmdb (as compute_image_mean's -backend; also -backend=lmdb)")
 
 
 def _command(sub, name, func, help):

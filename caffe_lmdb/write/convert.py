@@ -42,7 +42,7 @@ from .executors import InlineExecutor, make_executor, ordered_map, prefetch
 from .sink import (
     DEFAULT_MAP_SIZE,
     LOG_NAME,
-    OWN_FILES,
+    is_own_file,
     open_sink,
     prepare_output,
     read_state,
@@ -371,9 +371,10 @@ def _nothing_written(source, path, tpath, summary, resumed):
         for folder in (path, tpath):
             if folder is None:
                 continue
-            for name in OWN_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, name))
+            for name in os.listdir(folder):  # an LMDB's files, or a LevelDB's
+                if is_own_file(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
     else:
