@@ -55,6 +55,7 @@ from .write.convert import (
     write_arrays,
 )
 from .write.merge import merge
+from .write.migrate import migrate
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
 from .write.salvage import SalvageReport, salvage
 
@@ -70,7 +71,7 @@ __all__ = [
     "read_features", "features_to_npy", "write_features", "feature_names", "FeatureKeyWarning",
     "compute_mean", "channel_means",
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
-    "DatumWriter", "Summary", "merge", "salvage", "SalvageReport", "RayExecutor",
+    "DatumWriter", "Summary", "merge", "migrate", "salvage", "SalvageReport", "RayExecutor",
     "contact_sheet", "plot_stats", "Transform", "from_prototxt", "DataLayerInput", "PrototxtError",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",

@@ -159,3 +159,8 @@ class DamagedDBError(CaffeLMDBError, OSError):
 class NothingWrittenError(CaffeLMDBError, ValueError):
     """A conversion whose every sample was skipped: no database is left behind, and the
     message says what was probably wrong (a wrong root folder, ...)."""
+
+
+class DatabaseLockedError(CaffeLMDBError, OSError):
+    """A database another process holds open where the engine admits one process at a time
+    (LevelDB's LOCK file): the message names the LOCK file."""

@@ -18,6 +18,11 @@ With ``--executor ray`` it also converts with the Ray executor (a local Ray inst
 per core, or the cluster at ``--ray-address``), in the same interleaved rounds, and measures the
 writer's ceiling: records/s and MB/s that the single LMDB writer sustains when 196 KB
 3 x 256 x 256 records arrive ready-made, from memory and from Ray tasks that do no decoding.
+
+Last, LevelDB against LMDB (``--backend=leveldb``, Caffe's other backend), interleaved: the same
+image conversion (workers = all cores) and write_arrays of 60,000 MNIST-sized 1 x 28 x 28
+records (where the writer, not decoding, sets the pace). Target: LevelDB within 20% of LMDB
+(time ratio <= 1.2). ``--backends-only`` runs only this part.
 """
 import argparse
 import os
@@ -180,6 +185,49 @@ def writer_ceiling(work, n, repeat, rates):
               f"({n / secs / rates['ray']:.1f}x the Ray executor's images/s)")
 
 
+def read_any(path):
+    """Every (key, value) of an LMDB or LevelDB folder, through caffe_lmdb's read view."""
+    db = caffe_lmdb.open(path)
+    try:
+        with db.begin(buffers=False) as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.iter_items()]
+    finally:
+        db.close()
+
+
+def bench_backends(work, root, list_file, n_images, cores, repeat, records=60000):
+    """LevelDB vs LMDB: the same conversions, interleaved, best of ``repeat`` each."""
+    rng = np.random.default_rng(3)
+    arrays = rng.integers(0, 256, (records, 1, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, records)
+
+    def images(backend):
+        return lambda out: caffe_lmdb.convert_imageset(
+            root, list_file, out, resize_height=SIDE, resize_width=SIDE, workers=cores,
+            backend=backend)
+
+    def small(backend):
+        return lambda out: caffe_lmdb.write_arrays(out, arrays, labels, backend=backend)
+
+    runs = [("convert_imageset, LMDB", images("lmdb"), "img_lmdb"),
+            ("convert_imageset, LevelDB", images("leveldb"), "img_leveldb"),
+            (f"write_arrays {records} x 1x28x28, LMDB", small("lmdb"), "small_lmdb"),
+            (f"write_arrays {records} x 1x28x28, LevelDB", small("leveldb"), "small_leveldb")]
+    best = best_of(runs, work, repeat)
+    print(f"LevelDB vs LMDB (best of {repeat} interleaved rounds):")
+    counts = {"img": n_images, "small": records}
+    for label, _fn, tag in runs:
+        n = counts[tag.split("_")[0]]
+        print(f"  {label:<52} {best[tag]:6.2f} s  {n / best[tag]:8.0f} records/s")
+    for kind in ("img", "small"):
+        ratio = best[f"{kind}_leveldb"] / best[f"{kind}_lmdb"]
+        same = read_any(os.path.join(work, f"{kind}_lmdb")) == \
+            read_any(os.path.join(work, f"{kind}_leveldb"))
+        what = "image conversion" if kind == "img" else "small records"
+        print(f"  {what}: LevelDB time / LMDB time = {ratio:.2f} (target <= 1.20: "
+              f"{'MET' if ratio <= 1.2 else 'NOT MET'}); same keys and values: {same}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -191,6 +239,8 @@ def main():
                     "a local instance with one CPU per core)")
     ap.add_argument("--ceiling-records", type=int, default=10000,
                     help="records written for the writer-only ceiling (default 10000, 2 GB)")
+    ap.add_argument("--backends-only", action="store_true",
+                    help="only the LevelDB vs LMDB comparison")
     args = ap.parse_args()
     cores = default_workers()
     if args.workdir:
@@ -204,6 +254,9 @@ def main():
                    for f in files if f.endswith(".jpg"))
         print(f"{args.images} JPEGs of {W}x{H} made in {time.perf_counter() - t:.1f} s "
               f"({size / 1e6:.0f} MB); {cores} cores; resize to {SIDE}x{SIDE}")
+        if args.backends_only:
+            bench_backends(work, root, list_file, args.images, cores, args.repeat)
+            return 0
 
         def ours(workers, executor="thread"):
             return lambda out: caffe_lmdb.convert_imageset(
@@ -246,6 +299,7 @@ def main():
         print(f"encoded pass-through (--encoded, workers={cores}): {enc:.2f} s "
               f"({args.images / enc:.0f} images/s); cat to /dev/null: {cat:.2f} s "
               f"({args.images / cat:.0f} files/s); pass-through / cat time = {enc / cat:.1f}x")
+        bench_backends(work, root, list_file, args.images, cores, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -6,7 +6,9 @@ Generates, in a temporary folder (removed at the end unless --keep):
 * small: 60,000 records of 1x28x28 uint8 (MNIST-sized), keys %08d;
 * large: 5,000 records of 3x256x256 uint8 (ImageNet-sized after resize), keys %08d;
 * features: 10,000 extract_features records of 4096 floats, keys %010d;
-* jpeg: 2,000 encoded 500x375 JPEG records.
+* jpeg: 2,000 encoded 500x375 JPEG records;
+* leveldb: the small database's 60,000 records as a LevelDB (Caffe's other backend, written with
+  plyvel and Caffe's options).
 
 and prints records/s and ratios for:
 
@@ -21,7 +23,10 @@ and prints records/s and ratios for:
   whose batches stay the consumer's, is shown beside it (two batches by construction);
 * two more floors that bound what any reader built on py-lmdb can reach: the bulk floor
   (one C-level cursor run per batch joined into one buffer, nothing parsed) and the random
-  floor (``txn.get`` of each key of a shuffled batch, in key order, bytes copied).
+  floor (``txn.get`` of each key of a shuffled batch, in key order, bytes copied);
+* ``batches()`` over the LevelDB against a plyvel iterator + ParseFromString + np.frombuffer
+  loop (target >= 2x), timed in interleaved rounds (A B A B, medians). ``--leveldb-only``
+  runs only this row.
 
 Each timing is the best of --repeat runs (page cache warm: the first pass of each database
 is a warm-up). Targets from the issue are printed beside each ratio.
@@ -229,6 +234,75 @@ def imdecode_pass(env):
                                                      cv2.IMREAD_COLOR))
 
 
+def make_leveldb(path, n, shape, seed):
+    """The records of make_images(path, n, shape, seed), as a LevelDB."""
+    from caffe_lmdb.storage.leveldb import CAFFE_OPTIONS, import_plyvel
+
+    rng = np.random.default_rng(seed)
+    db = import_plyvel().DB(path, create_if_missing=True, error_if_exists=True, **CAFFE_OPTIONS)
+    block = 100
+    batch = db.write_batch()
+    for start in range(0, n, block):
+        images = rng.integers(0, 256, (min(block, n - start),) + shape, dtype=np.uint8)
+        for j, image in enumerate(images):
+            batch.put(b"%08d" % (start + j), array_to_datum_bytes(image, (start + j) % 1000))
+        if (start + block) % 1000 == 0:
+            batch.write()
+            batch = db.write_batch()
+    batch.write()
+    db.close()
+    # one open turns the log into a table (as any first open of a database Caffe wrote does);
+    # the timed passes then read a settled database, its new files flushed to disk
+    import_plyvel().DB(path, create_if_missing=False, **CAFFE_OPTIONS).close()
+    os.sync()
+
+
+def plyvel_pass(db):
+    """The loop people write over a LevelDB: plyvel's iterator, ParseFromString and
+    np.frombuffer, one record at a time (on a snapshot of the reader's own handle: LevelDB
+    admits one open per process)."""
+    datum = Datum()
+    parse, frombuffer, u8 = datum.ParseFromString, np.frombuffer, np.uint8
+    with db.begin() as view:
+        for _, value in view.snapshot.iterator():
+            parse(value)
+            arr = frombuffer(datum.data, u8).reshape(datum.channels, datum.height, datum.width)
+            label = datum.label
+    return arr, label
+
+
+def interleaved(runs, repeat):
+    """Median seconds of each function, over ``repeat`` rounds that run them in turn (A B A B),
+    after one warm-up round."""
+    times = {name: [] for name in runs}
+    for rnd in range(repeat + 1):
+        for name, fn in runs.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            if rnd:
+                times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_leveldb(path, n, batch_size, repeat):
+    db = caffe_lmdb.open(path)
+    assert db.backend == "leveldb" and db.cache_path is None
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    print(f"\nleveldb 1x28x28: {n:,} records, batch {batch_size}, {size / 2**20:,.0f} MiB of "
+          "LevelDB files, read directly (snapshots)")
+    t = interleaved({"plyvel": lambda: plyvel_pass(db),
+                     "seq": lambda: batches_pass(db, batch_size, False),
+                     "shuf": lambda: batches_pass(db, batch_size, True)}, repeat)
+    line("plyvel iterator + ParseFromString+frombuffer", n, t["plyvel"])
+    line("batches() sequential", n, t["seq"])
+    line("batches() shuffled", n, t["shuf"])
+    r = t["plyvel"] / t["seq"]
+    print(f"  sequential vs plyvel loop: {r:.2f}x (target >= 2x: {verdict(r >= 2)}; medians of "
+          f"{repeat} interleaved rounds); shuffled: {t['plyvel'] / t['shuf']:.2f}x")
+    db.close()
+
+
 def max_value_len(env):
     with env.begin(buffers=True) as txn:
         return max(len(v) for v in txn.cursor().iternext(keys=False, values=True))
@@ -377,6 +451,7 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the generated databases")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement")
     parser.add_argument("--quick", action="store_true", help="smaller databases (smoke test)")
+    parser.add_argument("--leveldb-only", action="store_true", help="only the LevelDB row")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     root = args.dir or tempfile.mkdtemp(prefix="bench_read_")
@@ -386,6 +461,12 @@ def main(argv=None):
     try:
         paths = {name: os.path.join(root, name) for name in sizes}
         t0 = time.perf_counter()
+        leveldb = os.path.join(root, "leveldb")
+        if not os.path.exists(leveldb):
+            make_leveldb(leveldb, sizes["small"], (1, 28, 28), 1)
+        if args.leveldb_only:
+            bench_leveldb(leveldb, sizes["small"], 256, args.repeat)
+            return 0
         if not os.path.exists(paths["small"]):
             make_images(paths["small"], sizes["small"], (1, 28, 28), 1)
         if not os.path.exists(paths["large"]):
@@ -407,6 +488,7 @@ def main(argv=None):
                      {"pycaffe": 1.5})
         bench_features(paths["feats"], sizes["feats"], 4096, args.repeat)
         bench_jpeg(paths["jpeg"], sizes["jpeg"], 64, args.repeat, jpeg_bytes)
+        bench_leveldb(leveldb, sizes["small"], 256, args.repeat)
         bench_memory("small 1x28x28, batch 256", paths["small"], 256)
         bench_memory("large 3x256x256, batch 64", paths["large"], 64)
     finally:

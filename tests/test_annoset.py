@@ -159,8 +159,14 @@ def test_cli_convert_annoset_and_gflags(ssd, tmp_path, monkeypatch, capsys):
     assert cli_main(["convert-annoset", "--label_type=xml", "./", "list_xml.txt",
                      str(tmp_path / "db3")]) == 1
     assert "needs --label_map_file" in capsys.readouterr().err
+    # SSD-Caffe's convert_annoset takes --backend=leveldb too: the same records in a LevelDB
     assert cli_main(["convert-annoset", "--backend=leveldb", "--label_type=txt", "./",
-                     "list_txt.txt", str(tmp_path / "db4")]) == 1
+                     "list_txt.txt", str(tmp_path / "db4")]) == 0
+    assert cli_main(["convert-annoset", "--label_type=txt", "./", "list_txt.txt",
+                     str(tmp_path / "db5")]) == 0
+    with caffe_lmdb.open(tmp_path / "db4") as db4, db4.begin(buffers=False) as txn:
+        assert db4.backend == "leveldb" and db4.kind == "annotated"
+        assert list(txn.iter_items()) == read_lmdb(tmp_path / "db5")
 
 
 def test_cli_labelmap(tmp_path, capsys):

@@ -38,7 +38,8 @@ def test_gray_false_and_encode_type_alone(fixtures, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--backend=leveldb"], "backend 'leveldb' is not supported"),
+    (["--backend=leveldb", "--resume"], "holds an LMDB, not a LevelDB: resume with "
+     "--backend=lmdb"),
     ([], "already holds an LMDB: pass --overwrite"),
 ])
 def test_errors_are_one_line_and_exit_1(fixtures, tmp_path, capsys, argv, message):

@@ -12,10 +12,11 @@ from ..errors import CaffeLMDBError
 from . import convert as _convert
 from . import mean as _mean
 from . import merge as _merge
+from . import migrate as _migrate
 from . import read as _read
 from . import show as _show
 
-GROUPS = [_mean, _convert, _read, _merge, _show]
+GROUPS = [_mean, _convert, _read, _merge, _show, _migrate]
 
 
 def build_parser():

@@ -10,6 +10,7 @@ import re
 import sys
 
 from ..errors import CaffeLMDBError
+from ..storage.base import backend_name
 from ..write import convert as api
 from ..write.executors import default_workers
 
@@ -75,8 +76,9 @@ def _common(p):
     flag(p, "overwrite", "replace an existing output database")
     flag(p, "resume", "finish an interrupted conversion of the same inputs and options")
     flag(p, "quiet", "no progress bar and no summary (errors are still printed)")
-    p.add_argument("--backend", default="lmdb", help="only lmdb (Caffe's leveldb is not "
-                   "supported)")
+    p.add_argument("--backend", type=backend_arg, default="lmdb",
+                   help="lmdb (default) or leveldb, in Caffe's spellings too (--backend leveldb, "
+                        "-backend=leveldb, LEVELDB)")
     p.add_argument("--map_size", type=int, default=None, metavar="BYTES",
                    help="initial LMDB map size (it grows by itself when full)")
     p.add_argument("--workers", type=_positive, default=None,
@@ -153,7 +155,7 @@ def register(sub):
             p.add_argument(dest, metavar=metavar)
         if name == "convert-cifar":
             p.add_argument("db_type", nargs="?", default=None, metavar="DB_TYPE",
-                           help="lmdb (Caffe's third argument; optional)")
+                           help="lmdb or leveldb (Caffe's third argument; optional)")
         if images:
             _image_flags(p)
         if name == "convert-annoset":
@@ -257,11 +259,26 @@ def with_progress(args, what, call):
             bar.close()
 
 
+def backend_arg(text):
+    """argparse type of --backend: lmdb or leveldb, any case (Caffe writes LMDB, LEVELDB)."""
+    try:
+        return backend_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _check_backend(args):
-    backend = (getattr(args, "db_type", None) or args.backend).lower()
-    if backend != "lmdb":
-        raise _UsageError(f"backend {backend!r} is not supported: caffe-lmdb writes LMDB "
-                          "only (--backend=lmdb)")
+    """The backend to write: convert-cifar's DB_TYPE argument, else --backend."""
+    db_type = getattr(args, "db_type", None)
+    if db_type is None:
+        return args.backend
+    try:
+        backend = backend_name(db_type)
+    except ValueError as exc:
+        raise _UsageError(f"DB_TYPE: {exc}") from None
+    if args.backend != "lmdb" and args.backend != backend:
+        raise _UsageError(f"DB_TYPE {db_type} and --backend={args.backend} disagree")
+    return backend
 
 
 def _positive(text):
@@ -329,8 +346,8 @@ def _converter(name, images, call):
     """The command function: check the backend, convert with a progress bar, print the
     summary (or summaries: convert-cifar writes two databases)."""
     def command(args):
-        _check_backend(args)
         opts = _options(args, images)
+        opts["backend"] = _check_backend(args)
         result = with_progress(args, name, lambda progress: call(args, dict(opts,
                                                                              progress=progress)))
         if not args.quiet:

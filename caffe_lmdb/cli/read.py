@@ -1,5 +1,10 @@
-"""Read-side commands: info, verify, export, features, compute-mean."""
+"""Read-side commands: info, verify, export, features, compute-mean.
+
+Each takes ``--backend lmdb|leveldb`` (default: detected from the folder), also in Caffe's
+spellings (``-backend=leveldb``, ``--backend LEVELDB``), as compute_image_mean does.
+"""
 import os
+import re
 
 import numpy as np
 
@@ -8,7 +13,7 @@ from ..format.blob import write_mean
 from ..tools import dbinfo as _inspect
 from ..tools import features as _features
 from ..tools.mean import channel_means, compute_mean
-from .convert import with_progress
+from .convert import backend_arg, with_progress
 
 
 def register(sub):
@@ -48,8 +53,6 @@ def register(sub):
                  "image as .binaryproto (and/or .npy)")
     p.add_argument("out", nargs="?", metavar="OUT.binaryproto")
     p.add_argument("--npy", metavar="OUT.npy", help="also (or only) save the (C, H, W) mean")
-    p.add_argument("--backend", default="lmdb", choices=("lmdb",),
-                   help="lmdb (as compute_image_mean's -backend; also -backend=lmdb)")
 
 
 def _command(sub, name, func, help):
@@ -57,13 +60,30 @@ def _command(sub, name, func, help):
     p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
     p.add_argument("db", metavar="DB")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", type=backend_arg, default=None,
+                   help="lmdb or leveldb (default: detected from the folder's files)")
     p.set_defaults(func=func)
     return p
 
 
+_COMMANDS = ("info", "verify", "export", "features", "compute-mean")
+_SINGLE_DASH = re.compile(r"^-(backend|quiet)(=.*)?$")
+
+
+def preprocess(argv):
+    """Caffe's single-dash spelling (``-backend=leveldb``) for this module's subcommands."""
+    for i, tok in enumerate(argv):
+        if not tok.startswith("-"):
+            if tok in _COMMANDS:
+                return argv[:i + 1] + [("-" + t) if _SINGLE_DASH.match(t) else t
+                                       for t in argv[i + 1:]]
+            return argv
+    return argv
+
+
 def _info(args):
     report = with_progress(args, "info", lambda progress: _inspect.info(
-        args.db, decode_images=args.decode, progress=progress))
+        args.db, decode_images=args.decode, progress=progress, backend=args.backend))
     print(report)
     if args.plot:
         image = with_progress(args, "plot", lambda progress: plot_stats(
@@ -74,7 +94,8 @@ def _info(args):
 
 def _verify(args):
     report = with_progress(args, "verify", lambda progress: _inspect.verify(
-        args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed))
+        args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed,
+        backend=args.backend))
     print(report)
     if report.ok and report.incomplete:  # valid so far, but not what the conversion will give
         print(f"INCOMPLETE: {report.entries} records, no problems in them; {report.incomplete}")
@@ -88,7 +109,8 @@ def _verify(args):
 
 def _export(args):
     n = with_progress(args, "export", lambda progress: _inspect.export(
-        args.db, args.out, npz=args.npz, progress=progress, label_map=args.label_map))
+        args.db, args.out, npz=args.npz, progress=progress, label_map=args.label_map,
+        backend=args.backend))
     where = args.out if not args.npz or args.out.endswith(".npz") else args.out + ".npz"
     listing = "" if args.npz else f", list file {os.path.join(where, 'list.txt')}"
     print(f"{args.db} -> {where}: {n} records{listing}")
@@ -98,10 +120,11 @@ def _export(args):
 def _features_cmd(args):
     if args.out:
         shape, indices = with_progress(args, "features", lambda progress: (
-            _features.features_to_npy(args.db, args.out, flat=args.flat, progress=progress)))
+            _features.features_to_npy(args.db, args.out, flat=args.flat, progress=progress,
+                                      backend=args.backend)))
         print(f"{args.db} -> {args.out}: float32 {shape}")
     else:
-        shape, indices = _features.feature_shape(args.db)
+        shape, indices = _features.feature_shape(args.db, backend=args.backend)
         span = f"{indices[0]}..{indices[-1]}" if len(indices) else "none"
         print(f"{args.db}: {len(indices)} records of float32 {shape}, image indices {span}")
     if args.names_from:
@@ -120,7 +143,7 @@ def _compute_mean(args):
     if not args.out and not args.npy:
         args.out = "mean.binaryproto"
     mean = with_progress(args, "compute-mean", lambda progress: compute_mean(
-        args.db, progress=progress))
+        args.db, progress=progress, backend=args.backend))
     if args.out:
         write_mean(mean, args.out)
     if args.npy:

@@ -24,6 +24,11 @@ How the database is opened, and what it means:
 * One environment per database per process (see :mod:`caffe_lmdb.storage.lmdb`). A
   :class:`DatumDB` pickles as its path and options only, and reopens by itself in the process
   that unpickles it (``spawn`` workers); in a ``fork``-ed child it reopens on first use.
+* LevelDB (Caffe's other backend, detected from the folder's files or forced with
+  ``backend=``): read in the opening process through snapshots. LevelDB admits one process and
+  writes its folder even to read it, so other processes (DataLoader workers) and read-only
+  folders are served by an LMDB cache of it, made once (see docs/leveldb.md and
+  :meth:`DatumDB.use_lmdb_cache`).
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, u
 from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, record_shape
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
-from ..storage.base import detect_backend, open_reader
+from ..storage.base import backend_name, detect_backend, open_reader
+from ..storage.leveldb import is_read_only, lmdb_cache
 from .keyindex import KeysAt, RangeKeys, position, scan_keys
 
 __all__ = ["open", "as_db", "DatumDB"]
@@ -55,8 +61,9 @@ def _low_memory_step(n):
     return max(64, -(-n // 4))
 
 
-def _check_path(path):
-    """The LMDB folder to open, or NotADatumDBError saying what is wrong with ``path``."""
+def _check_path(path, backend=None):
+    """``(folder, backend)`` of the database to open, or NotADatumDBError saying what is wrong
+    with ``path``."""
     path = os.fsdecode(os.fspath(path))
     if os.path.isfile(path):
         name = os.path.basename(path)
@@ -67,13 +74,24 @@ def _check_path(path):
         with builtins.open(path, "rb") as f:
             head = f.read(64)
         raise NotADatumDBError(f"{path} is a file ({describe_bytes(head)}), not an LMDB folder: "
-                               "Caffe's LMDBs are folders holding data.mdb")
+                               "Caffe's LMDBs are folders holding data.mdb (and its LevelDBs "
+                               "folders holding CURRENT, MANIFEST-* and table files)")
     if not os.path.exists(path):
-        raise NotADatumDBError(f"no LMDB at {path}: the folder does not exist")
+        raise NotADatumDBError(f"no LMDB or LevelDB at {path}: the folder does not exist")
     if not os.path.isdir(path):
         raise NotADatumDBError(f"{path} is not a folder")
-    detect_backend(path)
-    return path
+    backend = backend_name(backend)
+    try:
+        found = detect_backend(path)
+    except NotADatumDBError:
+        if backend is None:
+            raise
+        found = backend  # forced: the engine says what is wrong
+    if backend is not None and found != backend:
+        kinds = {"lmdb": "an LMDB (data.mdb)", "leveldb": "a LevelDB (CURRENT, MANIFEST-*)"}
+        raise NotADatumDBError(f"{path} holds {kinds[found]}, not {kinds[backend]}: drop "
+                               f"backend={backend!r} (--backend) or pass {found!r}")
+    return path, found
 
 
 def _check_first_record(path, key, value):
@@ -136,7 +154,8 @@ def check_structure(path):
     files."""
     from ..storage.lmdb import structural_problems
 
-    return structural_problems(_check_path(path))
+    folder, backend = _check_path(path)
+    return structural_problems(folder) if backend == "lmdb" else None
 
 
 def open(path, **options):  # noqa: A001 - the package's entry point, as lmdb.open
@@ -162,24 +181,34 @@ class DatumDB:
     dtype : output dtype; default uint8 for pixel records, float32 for float_data records.
     color : for encoded records: None decodes natively (a gray PNG gives one channel, as
         Caffe's DataLayer), True forces 3-channel BGR, False forces gray.
-    readahead, lock : see the module documentation.
+    readahead, lock : see the module documentation (LMDB only).
+    backend : ``"lmdb"`` or ``"leveldb"`` (any case, as Caffe's ``--backend``); default:
+        detected from the folder's files.
+    cache : LevelDB only: None (default) reads the LevelDB itself, except a read-only folder,
+        which is read through an LMDB cache in the default cache folder
+        (``$CAFFE_LMDB_CACHE``, else ``~/.cache/caffe_lmdb``); True always reads through the
+        cache; a path: the cache folder to use; False: never (a read-only folder fails).
     """
 
     def __init__(self, path, *, channel_order="BGR", layout="CHW", dtype=None, color=None,
-                 readahead=False, lock=False):
+                 readahead=False, lock=False, backend=None, cache=None):
         BatchDecoder(layout=layout, channel_order=channel_order, dtype=dtype, color=color)
-        self.path = _check_path(path)
+        self.path, self._backend = _check_path(path, backend)
+        if cache not in (None, True, False):
+            cache = os.fsdecode(os.fspath(cache))
         self.options = dict(channel_order=channel_order, layout=layout,
                             dtype=None if dtype is None else np.dtype(dtype).str, color=color,
-                            readahead=bool(readahead), lock=bool(lock))
+                            readahead=bool(readahead), lock=bool(lock),
+                            backend=backend_name(backend), cache=cache)
         self._setup()
         self._load()
 
-    def _setup(self):
+    def _setup(self, cache_path=None):
         o = self.options
         self.channel_order, self.layout, self.color = o["channel_order"], o["layout"], o["color"]
         self.dtype = None if o["dtype"] is None else np.dtype(o["dtype"])
-        self._store = open_reader(self.path, lock=o["lock"], readahead=o["readahead"])
+        self._cache_path = cache_path
+        self._store = self._open_store()
         self._index = None
         self._kind = None
         self._expected_len = None
@@ -191,12 +220,65 @@ class DatumDB:
 
     # -- pickling: path and options only; reopened lazily where unpickled --------------------
 
+    def _open_store(self):
+        o = self.options
+        if self._backend == "leveldb":
+            if self._cache_path is None and o["cache"] is not False and (
+                    o["cache"] is not None or is_read_only(self.path)):
+                self._cache_path = lmdb_cache(self.path, self._cache_folder())
+            if self._cache_path is not None:
+                return open_reader(self._cache_path, "lmdb", readahead=o["readahead"])
+            if is_read_only(self.path):
+                raise NotADatumDBError(f"{self.path} is a read-only LevelDB folder, which LevelDB "
+                                       "cannot open (it writes even to read): open it with "
+                                       "cache=True (or the default cache=None)")
+        return open_reader(self.path, self._backend, lock=o["lock"], readahead=o["readahead"])
+
+    def _cache_folder(self):
+        cache = self.options["cache"]
+        return cache if isinstance(cache, str) else None
+
+    def use_lmdb_cache(self, folder=None):
+        """Read a LevelDB through its LMDB cache from now on (made now unless it exists), and
+        release the LevelDB; returns the cache's path (None for an LMDB: nothing to do).
+
+        The cache is what other processes read (LevelDB admits one): ``DatumDataset`` calls
+        this, and so does pickling. ``folder``: the cache folder (default: the ``cache``
+        option's, else ``$CAFFE_LMDB_CACHE``, else ``~/.cache/caffe_lmdb``)."""
+        if self._backend != "leveldb":
+            return None
+        if folder is not None:
+            self.options["cache"] = os.fsdecode(os.fspath(folder))
+        elif self.options["cache"] in (None, False):
+            self.options["cache"] = True
+        if self._cache_path is None:
+            self._cache_path = self._make_cache()
+            store, self._store = self._store, open_reader(self._cache_path, "lmdb",
+                                                          readahead=self.options["readahead"])
+            store.close()
+        return self._cache_path
+
+    def _make_cache(self):
+        """The LMDB cache of this LevelDB, made from this process's snapshot when missing."""
+        if self._cache_path is not None:
+            return self._cache_path
+        return lmdb_cache(self.path, self._cache_folder(), reader=self._store)
+
+    @property
+    def cache_path(self):
+        """The LMDB cache this LevelDB is read through, or None (read directly, or an LMDB)."""
+        return self._cache_path
+
     def __getstate__(self):
-        return {"path": self.path, "options": self.options, "entries": len(self)}
+        # a LevelDB serves the process that opened it only: the unpickled copy reads the cache
+        cache = self._make_cache() if self._backend == "leveldb" else None
+        return {"path": self.path, "options": self.options, "entries": len(self),
+                "backend": self._backend, "cache_path": cache}
 
     def __setstate__(self, state):
         self.path, self.options = state["path"], state["options"]
-        self._setup()
+        self._backend = state.get("backend", "lmdb")
+        self._setup(state.get("cache_path"))
         self._expected_len = state["entries"]
 
     # -- environment and index --------------------------------------------------------------
@@ -205,13 +287,29 @@ class DatumDB:
     def env(self):
         """This process's py-lmdb Environment of the database (read-only, shared by every
         DatumDB on these files: do not close it). For raw access beside the reader, since
-        py-lmdb >= 2 refuses a second ``lmdb.open`` of the same files in a process."""
-        return self._store.env
+        py-lmdb >= 2 refuses a second ``lmdb.open`` of the same files in a process. An LMDB
+        only (a LevelDB read through its cache: the cache's); use :meth:`begin` otherwise."""
+        env = getattr(self._store, "env", None)
+        if env is None:
+            raise NotADatumDBError(f"{self.path} is a LevelDB: it has no LMDB environment; use "
+                                   "db.begin() for raw reads")
+        return env
 
     @property
     def backend(self):
-        """The storage engine of the database (``"lmdb"``)."""
-        return self._store.backend
+        """The storage engine of the database: ``"lmdb"`` or ``"leveldb"`` (also when read
+        through its LMDB cache, see :attr:`cache_path`)."""
+        return self._backend
+
+    def disk_usage(self):
+        """``(bytes of the database's files, bytes in use)`` (the source's files for a LevelDB
+        read through its cache)."""
+        if self._cache_path is not None:
+            from ..storage.leveldb import folder_bytes
+
+            size = folder_bytes(self.path)
+            return size, size
+        return self._store.disk_usage()
 
     @property
     def data_format(self):
@@ -641,7 +739,7 @@ class DatumDB:
 
 
 _DEFAULTS = dict(channel_order="BGR", layout="CHW", dtype=None, color=None, readahead=False,
-                 lock=False)
+                 lock=False, backend=None, cache=None)
 
 
 def _as_key(key):

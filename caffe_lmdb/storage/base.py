@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 from ..errors import NotADatumDBError
 
-__all__ = ["ReadTxn", "ReadStore", "WriteStore", "BACKENDS", "detect_backend", "open_reader",
-           "open_writer"]
+__all__ = ["ReadTxn", "ReadStore", "WriteStore", "BACKENDS", "backend_name", "detect_backend",
+           "open_reader", "open_writer"]
 
-BACKENDS = ("lmdb",)
+BACKENDS = ("lmdb", "leveldb")
 
 
 class ReadTxn(Protocol):
@@ -30,6 +30,9 @@ class ReadTxn(Protocol):
 
     def iter_values(self, first_key: bytes) -> Iterator[Any] | None:
         """Values from ``first_key`` on, in key order; None when ``first_key`` is absent."""
+
+    def iter_items(self, first_key: bytes | None = None) -> Iterator[tuple[Any, Any]]:
+        """``(key, value)`` pairs from ``first_key`` on (every pair when None), in key order."""
 
     def __enter__(self) -> ReadTxn: ...
 
@@ -46,6 +49,9 @@ class ReadStore(Protocol):
         """A read view; with ``buffers`` values may be zero-copy buffers valid inside it."""
 
     def close(self) -> None: ...
+
+    def disk_usage(self) -> tuple[int, int]:
+        """(bytes of the database's files, bytes of them in use)."""
 
 
 class WriteStore(Protocol):
@@ -72,32 +78,57 @@ class WriteStore(Protocol):
     def file_size(self) -> int: ...
 
 
+def backend_name(name: str | None) -> str | None:
+    """A backend as Caffe spells it (``lmdb``, ``LEVELDB``, ...) -> ``"lmdb"``/``"leveldb"``;
+    None stays None (detect it). ValueError for anything else."""
+    if name is None:
+        return None
+    low = str(name).strip().lower()
+    if low not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: one of {', '.join(BACKENDS)}")
+    return low
+
+
 def detect_backend(path: str) -> str:
-    """The engine of the database folder ``path``, from its files; NotADatumDBError saying what
-    the folder holds when it is no database this package reads."""
+    """The engine of the database folder ``path``, from its files (``data.mdb``: LMDB;
+    ``CURRENT`` and ``MANIFEST-*``: LevelDB); NotADatumDBError saying what the folder holds
+    when it is no database this package reads."""
     if os.path.isfile(os.path.join(path, "data.mdb")):
         return "lmdb"
     entries = sorted(os.listdir(path))
+    if "CURRENT" in entries and any(n.startswith("MANIFEST-") for n in entries):
+        return "leveldb"
     held = (f"it holds {len(entries)} entries, e.g. {', '.join(entries[:3])}" if entries
             else "it is empty")
-    raise NotADatumDBError(f"{path} has no data.mdb, so it is not an LMDB folder ({held})")
+    hint = ""
+    if any(n.endswith((".ldb", ".sst", ".log")) or n.startswith("MANIFEST-") for n in entries):
+        hint = "; it looks like a damaged LevelDB (no CURRENT or no MANIFEST file)"
+    raise NotADatumDBError(f"{path} has no data.mdb, so it is not an LMDB folder, and no CURRENT "
+                           f"and MANIFEST-* files, so it is not a LevelDB ({held}){hint}")
 
 
 def open_reader(path: str, backend: str | None = None, lock: bool = False,
                 readahead: bool = False) -> ReadStore:
-    """Open the database folder ``path`` read-only (engine detected unless ``backend``)."""
-    backend = backend or detect_backend(path)
+    """Open the database folder ``path`` read-only (engine detected unless ``backend``).
+
+    A LevelDB is opened for this process only (see :mod:`caffe_lmdb.storage.leveldb`)."""
+    backend = backend_name(backend) or detect_backend(path)
     if backend == "lmdb":
         from .lmdb import LMDBReader
 
         return LMDBReader(path, lock=lock, readahead=readahead)
-    raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
+    from .leveldb import LevelDBReader
+
+    return LevelDBReader(path)
 
 
 def open_writer(path: str, backend: str = "lmdb", **options: Any) -> WriteStore:
     """The writer of the database folder ``path`` (created when missing)."""
+    backend = backend_name(backend) or "lmdb"
     if backend == "lmdb":
         from .lmdb import LMDBWriter
 
         return LMDBWriter(path, **options)
-    raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
+    from .leveldb import LevelDBWriter
+
+    return LevelDBWriter(path, **options)

@@ -228,6 +228,12 @@ class LMDBTxn:
             return None
         return cursor.iternext(keys=False, values=True)
 
+    def iter_items(self, first_key=None):
+        cursor = self.txn.cursor()
+        if first_key is not None and not cursor.set_range(first_key):
+            return iter(())
+        return cursor.iternext(keys=True, values=True)
+
     def __enter__(self):
         return self
 
@@ -274,6 +280,12 @@ class LMDBReader:
         if self._env is not None and self._pid == os.getpid():
             _REGISTRY.release(self._ident)
         self._env = self._ident = self._pid = None
+
+    def disk_usage(self):
+        """(bytes of data.mdb, bytes of its pages in use)."""
+        env = self.env
+        used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        return os.path.getsize(os.path.join(self.path, "data.mdb")), used
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,10 @@ class DatumDataset(Dataset):
     the (N,) int64 group labels; batch them with :func:`detection_collate`. A ``transform``
     of the image alone would move the pixels away from their boxes, so it is refused there:
     pass ``joint_transform(image, boxes, labels) -> (image, boxes, labels)`` instead.
+
+    A LevelDB (which admits one process) is read through its LMDB cache, made here once (see
+    :meth:`~caffe_lmdb.read.reader.DatumDB.use_lmdb_cache`), so that ``fork`` and ``spawn``
+    workers read it as they read an LMDB.
     """
 
     def __init__(self, db, transform=None, target_transform=None, companion=None,
@@ -105,9 +109,11 @@ class DatumDataset(Dataset):
         self.db = db if isinstance(db, DatumDB) else open_db(db, **options)
         if options and isinstance(db, DatumDB):
             raise ValueError("pass reader options to caffe_lmdb.open, or a path here")
+        self.db.use_lmdb_cache()  # a LevelDB: workers read its LMDB cache (no-op for an LMDB)
         self.companion = None
         if companion is not None:
             self.companion = companion if isinstance(companion, DatumDB) else open_db(companion)
+            self.companion.use_lmdb_cache()
             if len(self.companion) != len(self.db):
                 raise ValueError(f"{self.companion.path} has {len(self.companion)} records and "
                                  f"{self.db.path} {len(self.db)}: a companion holds one record "

@@ -90,6 +90,7 @@ class DBInfo:
     first_without_boxes: bytes | None = None
     boxes_outside: int = 0     # a coordinate outside [0, 1]
     boxes_degenerate: int = 0  # xmin >= xmax or ymin >= ymax
+    backend: str = "lmdb"
 
     @property
     def ok(self):
@@ -101,7 +102,8 @@ class DBInfo:
                  *([f"  format       {self.data_format}"
                     + (" (Caffe reads it)" if self.data_format == "LMDB 0.9" else
                        " (Caffe cannot open it)")] if self.data_format else []),
-                 f"  size         {human_bytes(self.file_bytes)} data.mdb"
+                 f"  size         {human_bytes(self.file_bytes)} "
+                 + ("data.mdb" if self.backend == "lmdb" else "of LevelDB files")
                  + (f" ({human_bytes(self.used_bytes)} in use)" if self.used_bytes else ""),
                  f"  keys         {self.key_pattern or '<none>'}"]
         if self.number_range is not None:
@@ -296,11 +298,10 @@ def _key_facts(db, report, sample=3):
 
 
 def _file_sizes(db, report):
-    report.file_bytes = os.path.getsize(os.path.join(db.path, "data.mdb"))
-    env = db.env
-    stat, env_info = env.stat(), env.info()
-    report.used_bytes = (env_info["last_pgno"] + 1) * stat["psize"]
-    report.data_format = db.data_format
+    report.backend = db.backend
+    report.file_bytes, used = db.disk_usage()
+    report.used_bytes = used if db.backend == "lmdb" else 0
+    report.data_format = db.data_format if db.backend == "lmdb" else None
     report.incomplete = _incomplete(db.path)
 
 
@@ -351,11 +352,11 @@ def _box_facts(db, report, scan, problems):
                              f"xmin, ymin, xmax, ymax = {box}")
 
 
-def info(source, decode_images="sample", progress=None):
+def info(source, decode_images="sample", progress=None, backend=None):
     """A :class:`DBInfo` of a database (path or DatumDB). Reads every record's header (for the
     kinds, shapes and labels); encoded images are decoded for their shapes only for the first
     200 (``decode_images="sample"``), or ``"all"``, or ``"none"``."""
-    db = as_db(source)
+    db = as_db(source, backend=backend)
     scan = _Scan(db, decode_images, max_listed=20)
     report = scan.run(progress)
     _key_facts(db, report)
@@ -364,14 +365,14 @@ def info(source, decode_images="sample", progress=None):
     return report
 
 
-def verify(source, decode_images=True, progress=None, max_listed=20):
+def verify(source, decode_images=True, progress=None, max_listed=20, backend=None):
     """Check every record; returns a :class:`DBInfo` whose ``problems`` list what is wrong
     (``ok`` is True when nothing is). ``decode_images=False`` skips decoding encoded images
     (faster; their shapes are then not checked)."""
     path = source.path if isinstance(source, DatumDB) else os.fspath(source)
-    structure = check_structure(path)
+    structure = check_structure(path)  # None for a LevelDB (no offline checker)
     try:
-        db = as_db(source)
+        db = as_db(source, backend=backend)
         scan = _Scan(db, "all" if decode_images else "none", max_listed)
         report = scan.run(progress)
     except DamagedDBError as exc:  # the records cannot be walked: say what the checker saw
@@ -479,7 +480,8 @@ def _voc_xml(name, rows, shape, names):
             f"  </size>\n{''.join(objs)}</annotation>\n")
 
 
-def export(source, out, npz=False, list_name="list.txt", progress=None, label_map=None):
+def export(source, out, npz=False, list_name="list.txt", progress=None, label_map=None,
+           backend=None):
     """Write a database's records back out.
 
     * images (default): one file per record under folder ``out``, named after its key (the
@@ -498,7 +500,7 @@ def export(source, out, npz=False, list_name="list.txt", progress=None, label_ma
     lines are ``image annotation`` as convert_annoset reads them.
 
     Returns the number of records written."""
-    db = as_db(source)
+    db = as_db(source, backend=backend)
     detection = db.kind == "annotated"
     names = {}
     if detection and label_map is not None:

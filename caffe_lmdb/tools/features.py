@@ -125,13 +125,13 @@ def _run(r):
     return None
 
 
-def read_features(source, flat=False, return_index=False, progress=None):
+def read_features(source, flat=False, return_index=False, progress=None, backend=None):
     """An extract_features LMDB (path or DatumDB) as an (N, C, H, W) float32 array, rows in
     image-index order; (N, C*H*W) with ``flat``. With ``return_index``: ``(array, indices)``,
     the image index of each row (``arange(N)`` unless indices are missing).
 
     ``progress(done, total)`` is called after each chunk of records."""
-    db = as_db(source)
+    db = as_db(source, backend=backend)
     rows, indices = _layout(db)
     n = len(rows)
     if n == 0:
@@ -194,21 +194,21 @@ def _touch_pages(flat, start, stop):
     flat[start:stop:4096] = 0
 
 
-def feature_shape(source):
+def feature_shape(source, backend=None):
     """``(shape, indices)`` of an extract_features LMDB without reading its values: the
     (C, H, W) of its first record and the image index of each row."""
-    db = as_db(source)
+    db = as_db(source, backend=backend)
     rows, indices = _layout(db)
     return (_shape(db) if len(rows) else None), indices
 
 
-def features_to_npy(source, npy_path, flat=False, progress=None):
+def features_to_npy(source, npy_path, flat=False, progress=None, backend=None):
     """Stream an extract_features LMDB into a ``.npy`` file without holding all features:
     one chunk of records in memory at a time, rows written at their place in the file.
 
     The file is written under a temporary name and renamed when complete, so an interrupted
     run never leaves a truncated ``.npy``. Returns ``(shape, indices)``."""
-    db = as_db(source)
+    db = as_db(source, backend=backend)
     rows, indices = _layout(db)
     n = len(rows)
     shape = _shape(db) if n else (0,)
@@ -244,12 +244,14 @@ def features_to_npy(source, npy_path, flat=False, progress=None):
     return full, indices
 
 
-def write_features(path, array, *, overwrite=False, start=0, commit_every=1000):
+def write_features(path, array, *, overwrite=False, start=0, commit_every=1000,
+                   backend="lmdb"):
     """Write features as extract_features does: one record per row, key ``%010d`` of
     ``start + row``, ``channels``/``height``/``width`` and unpacked float32 ``float_data``,
     no label (byte-identical to Caffe's records). ``array``: (N, C, H, W), or (N, D) stored as
     D x 1 x 1 (as Caffe stores an InnerProduct blob). Uses the project's writer (an existing
-    database is refused unless ``overwrite``; commits every ``commit_every`` records).
+    database is refused unless ``overwrite``; commits every ``commit_every`` records;
+    ``backend="leveldb"`` writes a LevelDB, as ``extract_features ... leveldb``).
     Returns the writer's Summary."""
     from ..write.convert import DatumWriter  # the write side: imported only when writing
 
@@ -262,7 +264,7 @@ def write_features(path, array, *, overwrite=False, start=0, commit_every=1000):
         raise ValueError(f"features must be (N, C, H, W) or (N, D); got shape {array.shape}")
     c, h, w = array.shape[1:]
     with DatumWriter(path, overwrite=overwrite, commit_every=commit_every,
-                     key_width=10) as writer:
+                     key_width=10, backend=backend) as writer:
         for i in range(len(array)):
             writer.put(datum_bytes(c, h, w, float_data=array[i]), key=b"%010d" % (start + i))
     return writer.close()

@@ -13,7 +13,7 @@ __all__ = ["compute_mean", "channel_means"]
 
 
 def compute_mean(source: Any, progress: Callable[[int, int], Any] | None = None,
-                 batch_size: int = 256) -> np.ndarray:
+                 batch_size: int = 256, backend: str | None = None) -> np.ndarray:
     """The mean image of a database, as Caffe's compute_image_mean: a (C, H, W) float32 array.
 
     ``source`` is a path or a :class:`~caffe_lmdb.reader.DatumDB` (its path is read with the
@@ -26,11 +26,15 @@ def compute_mean(source: Any, progress: Callable[[int, int], Any] | None = None,
     the sum divided by the count in float64, rounded once to float32. Caffe sums in float32,
     which is exact below 2**24 / 255 = 65,793 records and drifts beyond; on smaller databases
     both give the same float32 values. ``progress(done, total)`` is called after each batch.
+    ``backend``: ``"lmdb"`` or ``"leveldb"`` (Caffe's ``-backend``; default: detected).
     """
     from ..read.reader import DatumDB
     from ..read.reader import open as open_db
 
-    db = open_db(source.path if isinstance(source, DatumDB) else source)
+    if isinstance(source, DatumDB):  # its records with the default decoding options
+        db = open_db(source.path, backend=source.backend, cache=source.options["cache"])
+    else:
+        db = open_db(source, backend=backend)
     n = len(db)
     if n == 0:
         raise NotADatumDBError(f"{db.path} holds no records: there is no mean to compute")

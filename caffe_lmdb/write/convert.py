@@ -36,12 +36,13 @@ from ..format.annotated import is_annotated, unwrap_datum
 from ..format.datum import array_to_datum_bytes, parse_datum
 from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..format.keys import index_key
+from ..storage.base import backend_name
 from .encode import Skip, encode_many
 from .executors import InlineExecutor, make_executor, ordered_map, prefetch
 from .sink import (
     DEFAULT_MAP_SIZE,
     LOG_NAME,
-    OWN_FILES,
+    is_own_file,
     open_sink,
     prepare_output,
     read_state,
@@ -152,8 +153,8 @@ def _skip_line(skip):
 def _load_resume(path, fingerprint):
     state = read_state(path)
     if state is None:
-        raise ResumeError(f"{path} holds an LMDB but no convert_state.json, so it was not left "
-                          "by an interrupted caffe_lmdb conversion and cannot be resumed; use "
+        raise ResumeError(f"{path} holds a database but no convert_state.json, so it was not "
+                          "left by an interrupted caffe_lmdb conversion and cannot be resumed; use "
                           "--overwrite to convert again from the start")
     if state.get("job") != fingerprint:
         old, new = state.get("job") or {}, fingerprint or {}
@@ -177,6 +178,7 @@ def run(source, path, *, workers=None, executor="thread", shard=None, **options)
     ``timeout``: seconds after which a sample whose worker has not returned is skipped.
     ``targets``: also write each record's ``targets`` to ``targets_db_path(path)``.
     ``files``: {name: text} to write into the database folder (e.g. labels.txt).
+    ``backend``: ``"lmdb"`` (default) or ``"leveldb"`` (Caffe's other backend; any case).
     On any error or interrupt, the records before it are committed: the database is a valid
     prefix of the full conversion, and ``resume=True`` finishes it.
     """
@@ -199,10 +201,11 @@ def _absolute_root(root):
 
 def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, strict=False,
          check_size=False, timeout=DEFAULT_TIMEOUT, progress=None, map_size=DEFAULT_MAP_SIZE,
-         commit_every=1000, targets=False, files=None):
+         commit_every=1000, targets=False, files=None, backend="lmdb"):
     t0 = time.perf_counter()
     conversion = _Conversion(source, os.fspath(path), job=job, overwrite=overwrite,
-                             resume=resume, check_size=check_size, targets=targets, files=files)
+                             resume=resume, check_size=check_size, targets=targets, files=files,
+                             backend=backend)
     with conversion.open_outputs(map_size, commit_every):
         conversion.run(ex, strict=strict, timeout=timeout, progress=progress)
     summary = conversion.summary(time.perf_counter() - t0)
@@ -219,15 +222,17 @@ class _Conversion:
     The resume state is the JSON document saved beside the database (``convert_state.json``):
     the job's fingerprint, the next sample to encode, the bytes and skips so far."""
 
-    def __init__(self, source, path, *, job, overwrite, resume, check_size, targets, files):
+    def __init__(self, source, path, *, job, overwrite, resume, check_size, targets, files,
+                 backend="lmdb"):
         self.source, self.path = source, path
         self.check_size = check_size
+        self.backend = backend = backend_name(backend) or "lmdb"
         fingerprint = _normalize({"job": job, **(source.fingerprint() or {}),
                                   "check_size": bool(check_size), "targets": bool(targets)})
         self.tpath = targets_db_path(path) if targets else None
-        self.resuming = prepare_output(path, overwrite=overwrite, resume=resume)
-        if self.tpath and prepare_output(self.tpath, overwrite=overwrite,
-                                         resume=resume) != self.resuming:
+        self.resuming = prepare_output(path, overwrite=overwrite, resume=resume, backend=backend)
+        if self.tpath and prepare_output(self.tpath, overwrite=overwrite, resume=resume,
+                                         backend=backend) != self.resuming:
             raise ResumeError(f"{path} and {self.tpath} must be resumed together, but only one "
                               "of them exists; use --overwrite to convert both again")
         for name, text in (files or {}).items():
@@ -256,20 +261,23 @@ class _Conversion:
     def open_outputs(self, map_size, commit_every):
         """The sinks and the log, open for the run; on any error or interrupt the records
         before it are committed (a valid, resumable prefix) before they close."""
-        self.sink = open_sink(self.path, map_size=map_size, commit_every=commit_every)
+        self.sink = open_sink(self.path, self.backend, map_size=map_size,
+                              commit_every=commit_every)
         try:
             if self.tpath:
-                self.tsink = open_sink(self.tpath, map_size=map_size, commit_every=commit_every)
+                self.tsink = open_sink(self.tpath, self.backend, map_size=map_size,
+                                       commit_every=commit_every)
             with open(self.log_path, "a", encoding="utf-8") as self.log:
                 try:
                     yield self
                 except BaseException:
                     self._save_after_failure()
                     raise
-        finally:
-            self.sink.env.close()
-            if self.tsink is not None:
-                self.tsink.env.close()
+        finally:  # close without committing what a failure left uncommitted
+            for sink in (self.sink, self.tsink):
+                if sink is not None:
+                    sink.abort()
+                    sink.close()
 
     def _save_after_failure(self):
         # The failure being raised is the one to report (a full disk fails this save too, for
@@ -342,7 +350,7 @@ class _Conversion:
                        targets_path=self.tpath, log_path=self.log_path,
                        written=self.sink.entries, skipped=self.skipped, bytes=self.value_bytes,
                        file_bytes=self.sink.file_size(), map_grown=self.sink.grown,
-                       seconds=seconds)
+                       seconds=seconds, backend=self.backend)
 
 
 def _nothing_written(source, path, tpath, summary, resumed):
@@ -363,9 +371,10 @@ def _nothing_written(source, path, tpath, summary, resumed):
         for folder in (path, tpath):
             if folder is None:
                 continue
-            for name in OWN_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, name))
+            for name in os.listdir(folder):  # an LMDB's files, or a LevelDB's
+                if is_own_file(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
     else:
@@ -479,14 +488,16 @@ def convert_mnist(images, labels, db, *, workers=1, **options):
 def convert_cifar(input_folder, output_folder, *, workers=1, **options):
     """Caffe's ``convert_cifar_data INPUT OUTPUT lmdb``: the CIFAR-10 binary batches to
     ``OUTPUT/cifar10_train_lmdb`` (keys ``%05d``, 50,000 records) and
-    ``OUTPUT/cifar10_test_lmdb``. Returns ``(train_summary, test_summary)``."""
+    ``OUTPUT/cifar10_test_lmdb`` (``..._leveldb`` with ``backend="leveldb"``, as Caffe names
+    them). Returns ``(train_summary, test_summary)``."""
     output_folder = os.fspath(output_folder)
+    backend = options["backend"] = backend_name(options.get("backend")) or "lmdb"
     sources = [CifarSource(input_folder, "train"), CifarSource(input_folder, "test")]
     if os.path.exists(output_folder) and not os.path.isdir(output_folder):
         raise SourceFormatError(f"{output_folder} is a file: give a folder for the two DBs")
     os.makedirs(output_folder, exist_ok=True)
     _small_records(workers, options)
-    return tuple(run(src, os.path.join(output_folder, f"cifar10_{src.split}_lmdb"),
+    return tuple(run(src, os.path.join(output_folder, f"cifar10_{src.split}_{backend}"),
                      job="convert_cifar", **options) for src in sources)
 
 
@@ -497,7 +508,8 @@ def write_arrays(path, images, labels=None, *, channels_last=False, workers=1, *
     ``channels_last``), or any sequence of such per-image arrays (a memmap works: nothing is
     loaded whole). uint8 images are stored as ``data`` with ``encoded = false`` (what Caffe and
     DALI read as raw pixels); other dtypes as float32 ``float_data``. ``labels``: ints (0 is
-    written too) or None. Same guarantees and options as the converters (see :func:`run`).
+    written too) or None. Same guarantees and options as the converters (see :func:`run`),
+    ``backend="leveldb"`` included.
     """
     source = ArraySource(images, labels, channels_last=channels_last)
     _small_records(workers, options)
@@ -521,15 +533,17 @@ class DatumWriter:
     ``with`` block, even by an exception) commits what was put and returns a :class:`Summary`:
     the database always holds every record put before the failure. An existing database is
     refused unless ``overwrite=True``; ``resume=True`` appends to it, numbering on from its
-    record count.
+    record count. ``backend="leveldb"`` writes a LevelDB instead of an LMDB.
     """
 
     def __init__(self, path, *, overwrite=False, resume=False, commit_every=1000,
-                 map_size=DEFAULT_MAP_SIZE, key_width=8):
+                 map_size=DEFAULT_MAP_SIZE, key_width=8, backend="lmdb"):
         self._t0 = time.perf_counter()
         self.path = os.fspath(path)
-        prepare_output(self.path, overwrite=overwrite, resume=resume)
-        self._sink = open_sink(self.path, map_size=map_size, commit_every=commit_every)
+        self.backend = backend_name(backend) or "lmdb"
+        prepare_output(self.path, overwrite=overwrite, resume=resume, backend=self.backend)
+        self._sink = open_sink(self.path, self.backend, map_size=map_size,
+                               commit_every=commit_every)
         self.key_width = key_width
         self.index = self._sink.entries
         self._start = self.index
@@ -566,7 +580,7 @@ class DatumWriter:
         return Summary(path=self.path, total=self.index, written=self._sink.entries,
                        bytes=self._bytes, seconds=time.perf_counter() - self._t0,
                        resumed_from=self._start, file_bytes=self._sink.file_size(),
-                       map_grown=self._sink.grown)
+                       map_grown=self._sink.grown, backend=self.backend)
 
     def __enter__(self):
         return self

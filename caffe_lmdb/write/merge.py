@@ -32,14 +32,14 @@ _SHARED_FILES = ("labels.txt",)
 
 
 def _ranges(inputs):
-    """(path, entries, first key, last key, data.mdb bytes) of each input, in the order given."""
+    """(path, entries, first key, last key, file bytes) of each input, in the order given."""
     out = []
     for path in inputs:
         with DatumDB(path) as db:  # refuses, with the reason, anything but an LMDB of Datums
             keys = db.keys()
             first, last = (bytes(keys[0]), bytes(keys[-1])) if len(keys) else (None, None)
             out.append((db.path, len(keys), first, last,
-                        os.path.getsize(os.path.join(db.path, "data.mdb"))))
+                        db.disk_usage()[0]))
     return out
 
 
@@ -102,8 +102,8 @@ def _copy(ranges, sink, total, progress):
     ascending (an input written to since it was checked could break that)."""
     done = value_bytes = 0
     for path, _entries, _first, _last, _size in ranges:
-        with DatumDB(path) as db, db.env.begin() as txn:
-            for key, value in txn.cursor():
+        with DatumDB(path) as db, db.begin(buffers=False) as txn:  # an LMDB or a LevelDB
+            for key, value in txn.iter_items():
                 if sink.last_key is not None and key <= sink.last_key:
                     raise KeyRangeError(f"{path}: key {show_key(key)} does not come after "
                                         f"{show_key(sink.last_key)} (was a database changed "

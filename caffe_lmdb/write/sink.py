@@ -4,7 +4,8 @@
   writer, batched commits, a valid prefix after a crash, a map that grows by itself.
 * Nothing but records goes into the database (Caffe's DataLayer would read any extra key).
   Conversion state for ``--resume`` lives in a sidecar file, ``convert_state.json``, in the
-  database folder beside ``data.mdb``, with the log of skipped samples (``convert.log``).
+  database folder beside ``data.mdb`` (or LevelDB's files), with the log of skipped samples
+  (``convert.log``); LevelDB ignores files whose names are not its own.
 * :func:`prepare_output` checks the output folder before anything is written.
 """
 from __future__ import annotations
@@ -14,17 +15,35 @@ import json
 import os
 import signal
 
-from ..errors import OutputExistsError, OutputPathError, WriteError
-from ..storage.base import open_writer
+from ..errors import OutputExistsError, OutputPathError, ResumeError, WriteError
+from ..storage.base import backend_name, open_writer
+from ..storage.leveldb import is_leveldb, is_leveldb_file
 from ..storage.lmdb import DEFAULT_MAP_SIZE, LMDBWriter, refuse_lmdb_1
 
 __all__ = ["LMDBSink", "open_sink", "prepare_output", "read_state", "write_state", "STATE_NAME",
-           "LOG_NAME", "OWN_FILES", "DEFAULT_MAP_SIZE", "crash_point"]
+           "LOG_NAME", "OWN_FILES", "DEFAULT_MAP_SIZE", "crash_point", "existing_backend",
+           "is_own_file"]
 
 STATE_NAME = "convert_state.json"
 LOG_NAME = "convert.log"
-#: files a converter may leave in a database folder (removed by ``overwrite``)
+#: files a converter may leave in a database folder (removed by ``overwrite``), besides
+#: LevelDB's own files (:func:`is_own_file`)
 OWN_FILES = ("data.mdb", "lock.mdb", STATE_NAME, STATE_NAME + ".tmp", LOG_NAME, "labels.txt")
+_NAMES = {"lmdb": "an LMDB", "leveldb": "a LevelDB"}
+
+
+def is_own_file(name):
+    """True for a file a converter (or the database engine) may leave in a database folder."""
+    return name in OWN_FILES or is_leveldb_file(name)
+
+
+def existing_backend(path):
+    """The engine of the database in folder ``path`` ("lmdb" or "leveldb"), or None."""
+    if os.path.isfile(os.path.join(path, "data.mdb")):
+        return "lmdb"
+    if is_leveldb(path):
+        return "leveldb"
+    return None
 
 #: For the crash tests only: ``CAFFE_LMDB_TEST_CRASH_AT="<point>:<n>"`` makes this process kill
 #: itself with SIGKILL (``"<point>:<n>:INT"``: SIGINT, as Ctrl-C) the n-th time it reaches
@@ -48,8 +67,9 @@ def crash_point(point: str) -> None:
 
 
 def open_sink(path, backend="lmdb", **options):
-    """The writer of the database at ``path`` (see :mod:`caffe_lmdb.storage`), with the crash
-    points of the tests wired in when their variable is set."""
+    """The writer of the database at ``path`` (see :mod:`caffe_lmdb.storage`; ``backend``:
+    "lmdb" or "leveldb"), with the crash points of the tests wired in when their variable is
+    set."""
     if os.environ.get(CRASH_VARIABLE):
         options.setdefault("hook", crash_point)
     return open_writer(os.fspath(path), backend=backend, **options)
@@ -60,10 +80,10 @@ LMDBSink = LMDBWriter
 
 
 def _enclosing_db(path):
-    """The nearest folder above ``path`` that holds a data.mdb, or None."""
+    """The nearest folder above ``path`` that holds a database, or None."""
     here = os.path.dirname(os.path.abspath(path))
     while True:
-        if os.path.isfile(os.path.join(here, "data.mdb")):
+        if existing_backend(here) is not None:
             return here
         up = os.path.dirname(here)
         if up == here:
@@ -71,40 +91,50 @@ def _enclosing_db(path):
         here = up
 
 
-def prepare_output(path, overwrite=False, resume=False):
+def prepare_output(path, overwrite=False, resume=False, backend="lmdb"):
     """Check (and create) an output database folder. Returns True when ``resume`` found an
     existing database to continue, False when the database starts empty.
 
     Refuses, with a message saying what to do: a path that is a file; a path inside an existing
-    LMDB; an existing LMDB unless ``overwrite`` (which deletes it) or ``resume``; a non-empty
-    folder that is not an LMDB (never deleted).
+    database; an existing database unless ``overwrite`` (which deletes it) or ``resume`` (which
+    needs a database of the same ``backend``); a non-empty folder that is not a database (never
+    deleted).
     """
     path = os.fspath(path)
+    backend = backend_name(backend) or "lmdb"
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputPathError(f"{path} is a file: an LMDB is a folder (holding data.mdb), "
-                              "so give the name of a folder to create")
+        raise OutputPathError(f"{path} is a file: a database is a folder (an LMDB holds "
+                              "data.mdb, a LevelDB its own files), so give the name of a folder "
+                              "to create")
     outer = _enclosing_db(path)
     if outer is not None:
-        raise OutputPathError(f"{path} is inside the existing LMDB {outer}: write the new "
+        kind = "LMDB" if existing_backend(outer) == "lmdb" else "LevelDB"
+        raise OutputPathError(f"{path} is inside the existing {kind} {outer}: write the new "
                               "database somewhere outside it")
     if not os.path.isdir(path):
         os.makedirs(path)
         return False
-    if os.path.isfile(os.path.join(path, "data.mdb")):
-        if resume:
-            refuse_lmdb_1(path)  # more records in a file Caffe cannot open: no
+    found = existing_backend(path)
+    if found is not None:
+        if resume and found == backend:
+            if found == "lmdb":
+                refuse_lmdb_1(path)  # more records in a file Caffe cannot open: no
             return True
         if overwrite:
-            for name in OWN_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(path, name))
+            for name in os.listdir(path):
+                if is_own_file(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(path, name))
             return False
-        raise OutputExistsError(f"{path} already holds an LMDB: pass --overwrite "
+        if resume:
+            raise ResumeError(f"{path} holds {_NAMES[found]}, not {_NAMES[backend]}: resume "
+                              f"with --backend={found}, or use --overwrite")
+        raise OutputExistsError(f"{path} already holds {_NAMES[found]}: pass --overwrite "
                                 "(overwrite=True) to replace it, or --resume (resume=True) to "
                                 "finish an interrupted conversion")
-    others = sorted(set(os.listdir(path)) - set(OWN_FILES))
+    others = sorted(name for name in os.listdir(path) if not is_own_file(name))
     if others:
-        raise OutputExistsError(f"{path} is a folder that is not empty and not an LMDB (it "
+        raise OutputExistsError(f"{path} is a folder that is not empty and not a database (it "
                                 f"holds {others[0]!r}{' and more' if len(others) > 1 else ''}):"
                                 " choose a new folder name")
     return False

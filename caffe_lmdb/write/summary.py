@@ -25,6 +25,7 @@ class Summary:
     file_bytes: int = 0
     map_grown: int = 0
     extra: dict = field(default_factory=dict)
+    backend: str = "lmdb"
 
     @property
     def images_per_second(self):
@@ -33,7 +34,8 @@ class Summary:
 
     def __str__(self):
         lines = [f"{self.path}: {self.written} records written, {len(self.skipped)} skipped, "
-                 f"{human_bytes(self.bytes)} of records ({human_bytes(self.file_bytes)} data.mdb), "
+                 f"{human_bytes(self.bytes)} of records ({human_bytes(self.file_bytes)} "
+                 f"{'data.mdb' if self.backend == 'lmdb' else 'of LevelDB files'}), "
                  f"{self.seconds:.2f} s"
                  + (f" (resumed at sample {self.resumed_from})" if self.resumed_from else "")]
         if self.targets_path:
