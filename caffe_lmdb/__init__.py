@@ -57,6 +57,7 @@ from .write.convert import (
 from .write.merge import merge
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
 from .write.salvage import SalvageReport, salvage
+from .write.repair import FieldSpec, import_raw, rekey
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
     "DatumWriter", "Summary", "merge", "salvage", "SalvageReport", "RayExecutor",
     "contact_sheet", "plot_stats", "Transform", "from_prototxt", "DataLayerInput", "PrototxtError",
+    "rekey", "import_raw", "FieldSpec",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

@@ -159,3 +159,12 @@ class DamagedDBError(CaffeLMDBError, OSError):
 class NothingWrittenError(CaffeLMDBError, ValueError):
     """A conversion whose every sample was skipped: no database is left behind, and the
     message says what was probably wrong (a wrong root folder, ...)."""
+
+
+class VerifyError(CaffeLMDBError, ValueError):
+    """A database was written (by a repair: rekey, import-raw) but verify finds problems in
+    it; ``report`` is verify's DBInfo. The database is kept as written."""
+
+    def __init__(self, message, report=None):
+        self.report = report
+        super().__init__(message)
