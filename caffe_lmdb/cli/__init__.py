@@ -13,9 +13,10 @@ from . import convert as _convert
 from . import mean as _mean
 from . import merge as _merge
 from . import read as _read
+from . import repair as _repair
 from . import show as _show
 
-GROUPS = [_mean, _convert, _read, _merge, _show]
+GROUPS = [_mean, _convert, _read, _merge, _show, _repair]
 
 
 def build_parser():
