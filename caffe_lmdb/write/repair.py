@@ -43,22 +43,22 @@ import warnings
 from dataclasses import dataclass
 from itertools import islice
 
-import lmdb
 import numpy as np
 
-from ..codec import datum_bytes, parse_datum
-from ..convert import Summary, run, targets_db_path
-from ..encode import Record, Skip
 from ..errors import (
     DatumDecodeError,
     NotADatumDBError,
     OptionError,
     SourceFormatError,
     VerifyError,
-    _show_key,
 )
-from ..keys import MAX_KEY_BYTES
-from ..lmdbenv import truncation
+from ..format.datum import datum_bytes, parse_datum
+from ..format.keys import MAX_KEY_BYTES
+from ..messages import show_key
+from ..storage.base import open_reader
+from .convert import run, targets_db_path
+from .encode import Record, Skip
+from .summary import Summary
 
 __all__ = ["rekey", "import_raw", "FieldSpec", "RekeySource", "RawSource", "MAX_DIGITS"]
 
@@ -166,35 +166,27 @@ class FieldSpec:
 
 
 def _open_source(path, what="source"):
-    """A read-only environment on an existing LMDB folder (no lock file is created)."""
+    """A read-only store on an existing database folder (no lock file is created; shared with
+    any reader of the same database in this process)."""
     path = os.fspath(path)
     if os.path.isfile(path):
         hint = (f": pass the folder that holds it ({os.path.dirname(path) or '.'})"
                 if os.path.basename(path) == "data.mdb" else ": an LMDB is a folder")
         raise NotADatumDBError(f"{what} {path} is a file{hint}")
-    if not os.path.isfile(os.path.join(path, "data.mdb")):
-        raise NotADatumDBError(f"{what} {path} is not an LMDB folder (no data.mdb in it)")
-    try:
-        env = lmdb.open(path, readonly=True, lock=False, subdir=True, create=False,
-                        max_dbs=0)
-    except lmdb.Error as exc:
-        if "already open" in str(exc):
-            raise NotADatumDBError(f"{path} is already open in this process (py-lmdb allows one "
-                                   "Environment per database per process): close it (e.g. the "
-                                   "DatumDB reading it) and run again") from exc
-        raise NotADatumDBError(f"could not open the LMDB at {path}: {exc}") from exc
-    short = truncation(env, path)
-    if short is not None:  # reading a missing page would kill the process (SIGBUS)
-        env.close()
-        raise NotADatumDBError(short)
-    return env
+    if not os.path.isdir(path):
+        raise NotADatumDBError(f"{what} {path} does not exist")
+    store = open_reader(path)
+    with store.begin():  # opens it: a file that is not an LMDB, or truncated, is refused here
+        pass
+    return store
 
 
-def _identity(env, path):
+def _identity(path, keys):
     """What a resumed run must find unchanged about an input database."""
-    st = os.stat(os.path.join(path, "data.mdb"))
+    data = os.path.join(path, "data.mdb")
+    st = os.stat(data if os.path.exists(data) else path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "entries": env.stat()["entries"], "txnid": env.info()["last_txnid"]}
+            "keys": int(keys)}
 
 
 class _Numbers:
@@ -264,15 +256,12 @@ def _scan(txn, patterns):
     """Classify every key of a database by the first of ``patterns`` (``(prefix, suffix)``
     pairs around the digits) it matches, reading keys only.
 
-    Returns a :class:`_Numbers` per pattern, the number of keys that match none, and the
-    first few of them."""
-    entries = txn.stat()["entries"]
-    numbers = np.empty(entries, np.int64)
-    widths = np.empty(entries, np.uint8)
-    kinds = np.empty(entries, np.int8)
-    other_count, others = 0, []
-    it = txn.cursor().iternext(keys=True, values=False)
-    pos = 0
+    Returns a :class:`_Numbers` per pattern, the number of keys seen, the number of keys that
+    match none, and the first few of them."""
+    found = [([], []) for _ in patterns]  # per pattern: chunks of numbers, of widths
+    total = other_count = 0
+    others = []
+    it = txn.iter_keys()
     while True:
         keys = list(islice(it, _SCAN_CHUNK))
         if not keys:
@@ -285,30 +274,30 @@ def _scan(txn, patterns):
         kind = np.full(m, -1, np.int8)
         for k, (prefix, suffix) in enumerate(patterns):
             sel, values, wid = _match(blob, starts, ends, nondigit, kind, k, prefix, suffix)
-            numbers[pos + sel] = values
-            widths[pos + sel] = wid
-        kinds[pos:pos + m] = kind
+            found[k][0].append(values)
+            found[k][1].append(wid)
         unmatched = np.flatnonzero(kind < 0)
         other_count += len(unmatched)
         others += [bytes(keys[j]) for j in unmatched[:_SHOWN - len(others)].tolist()]
-        pos += m
+        total += m
     sets = []
-    for k in range(len(patterns)):
-        mask = kinds[:pos] == k
-        sets.append(_Numbers(numbers[:pos][mask], widths[:pos][mask]))
-        del mask
-    return sets, other_count, others
+    for numbers, widths in found:
+        sets.append(_Numbers(np.concatenate(numbers) if numbers else np.zeros(0, np.int64),
+                             np.concatenate(widths) if widths else np.zeros(0, np.uint8)))
+        numbers.clear()
+        widths.clear()
+    return sets, total, other_count, others
 
 
 def _shown(keys, more=0):
-    text = ", ".join(_show_key(k) for k in keys)
-    return text + (f" and {more} more" if more > 0 else "")
+    text = ", ".join(show_key(k) for k in keys)
+    return text + (f" (and {more} more)" if more > 0 else "")
 
 
 def _check_width(nums, width, src):
     if len(nums) and nums.numbers[-1] >= 10 ** width:
         big = nums.digits(len(nums) - 1)
-        raise OptionError(f"{src}: key {_show_key(big)} has {len(str(nums.numbers[-1]))} digits, "
+        raise OptionError(f"{src}: key {show_key(big)} has {len(str(nums.numbers[-1]))} digits, "
                           f"more than the key width {width}: %0{width}d keys would not sort in "
                           f"numeric order; pass --width {len(str(nums.numbers[-1]))} (or more)")
 
@@ -316,7 +305,7 @@ def _check_width(nums, width, src):
 def _check_duplicates(nums, src, what="keys"):
     dup = nums.duplicate()
     if dup is not None:
-        raise SourceFormatError(f"{src}: {what} {_show_key(dup[0])} and {_show_key(dup[1])} are "
+        raise SourceFormatError(f"{src}: {what} {show_key(dup[0])} and {show_key(dup[1])} are "
                                 "the same number: their records would get one key; remove one "
                                 "of them")
 
@@ -354,7 +343,8 @@ def _run_and_verify(source, dst, verify, job, targets=False, **options):
 
 
 def _verify(summary, *paths):
-    from ..inspect import verify as verify_db  # reads with the reader (not needed to write)
+    # the one place write/ reaches into tools/: the check after writing, not the writing
+    from ..tools.dbinfo import verify as verify_db
 
     t0 = time.perf_counter()
     said = []
@@ -390,26 +380,26 @@ class RekeySource:
         if not 1 <= self.width <= MAX_DIGITS:
             raise OptionError(f"key width {width}: use 1 .. {MAX_DIGITS}")
         self.skip_other = bool(skip_other)
-        self.env = _open_source(self.path)
+        self.store = _open_source(self.path)
         try:
             self._scan()
         except BaseException:
-            self.env.close()
+            self.store.close()
             raise
 
     def _scan(self):
-        with self.env.begin() as txn:
-            (nums,), other_count, others = _scan(txn, [(b"", b"")])
+        with self.store.begin(buffers=False) as txn:
+            (nums,), keys, other_count, others = _scan(txn, [(b"", b"")])
             if len(nums):
                 first = txn.get(nums.digits(0))
                 try:
                     parse_datum(first)
                 except DatumDecodeError:
                     raise SourceFormatError(
-                        f"{self.path}: the value of key {_show_key(nums.digits(0))} is not a "
+                        f"{self.path}: the value of key {show_key(nums.digits(0))} is not a "
                         f"Datum record (it looks like {_looks_like(first)}); rekey copies Datum "
                         "records: for raw pixel values use caffe-lmdb import-raw") from None
-            self.identity = _identity(self.env, self.path)
+            self.identity = _identity(self.path, keys)
         if other_count and not self.skip_other:
             raise SourceFormatError(
                 f"{self.path}: key {_shown(others[:1], other_count - 1)} is not a decimal "
@@ -436,14 +426,14 @@ class RekeySource:
 
     def samples(self, start=0):
         nums, width, step = self.nums, self.width, 256
-        with self.env.begin() as txn:
+        with self.store.begin(buffers=False) as txn:
             for lo in range(start, len(nums), step):
                 hi = min(lo + step, len(nums))
                 for i, digits, n in zip(range(lo, hi), nums.digits_of(lo, hi),
                                         nums.numbers[lo:hi].tolist(), strict=True):
                     value = txn.get(digits)
                     if value is None:
-                        raise SourceFormatError(f"{self.path}: key {_show_key(digits)} is gone "
+                        raise SourceFormatError(f"{self.path}: key {show_key(digits)} is gone "
                                                 "(was the database written to meanwhile?)")
                     yield Record(i, b"%0*d" % (width, n), value)
 
@@ -452,7 +442,7 @@ class RekeySource:
                 "skip_other": self.skip_other}
 
     def close(self):
-        self.env.close()
+        self.store.close()
 
 
 def rekey(src, dst, width: int = 8, skip_other: bool = False, *, verify: bool = True,
@@ -510,11 +500,11 @@ class RawSource:
         self.notes = {}
         self.ignored = []  # (key, reason) of the first keys left out with skip_bad
         self.ignored_count = 0
-        self.env = _open_source(self.path)
-        self.lenv = None
+        self.store = _open_source(self.path)
+        self.lstore = None
         try:
             if self.labels is not None and self.labels.db is not None:
-                self.lenv = _open_source(self.labels.db, "labels database")
+                self.lstore = _open_source(self.labels.db, "labels database")
             self._scan()
             self._first_fields()
         except BaseException:
@@ -529,31 +519,32 @@ class RawSource:
     # -- the scan: which keys are samples, which are companions -------------------------------
 
     def _ignore(self, keys, count, reason):
+        """Keys that belong to no sample (``reason(shown key)`` says why): an error, or with
+        skip_bad counted and left out."""
         if not count:
             return
         if not self.skip_bad:
-            raise SourceFormatError(f"{reason.format(_shown(keys[:1], count - 1))}; --skip-bad "
+            raise SourceFormatError(f"{reason(_shown(keys[:1], count - 1))}; --skip-bad "
                                     "(skip_bad=True) skips and counts them")
         self.ignored_count += count
-        self.ignored += [(k, reason.format(_show_key(k))) for k in keys]
+        self.ignored += [(k, reason(show_key(k))) for k in keys]
 
     def _scan(self):
         spec = self.labels
         src = self.path
         same_db = spec is not None and spec.db is None
         patterns = [(b"", b"")] + ([spec.affixes] if same_db else [])
-        with self.env.begin() as txn:
-            sets, other_count, others = _scan(txn, patterns)
-            self.identity = _identity(self.env, src)
+        with self.store.begin(buffers=False) as txn:
+            sets, keys, other_count, others = _scan(txn, patterns)
+            self.identity = _identity(src, keys)
         samples = sets[0]
         hint = ("" if spec is not None else
                 " (if such keys hold labels, say where with --labels, e.g. '{}_')")
         what = (f"a companion key ({spec.pattern!r})" if same_db else
                 "a sample key (a decimal number)")
-        self._ignore(others, other_count, f"{src}: key {{}} is neither a sample key (a decimal "
-                     f"number of up to {MAX_DIGITS} digits) nor {what}{hint}"
-                     if same_db else f"{src}: key {{}} is not a sample key (a decimal number "
-                     f"of up to {MAX_DIGITS} digits){hint}")
+        kinds = f"neither a sample key (a decimal number of up to {MAX_DIGITS} digits) nor {what}" \
+            if same_db else f"not a sample key (a decimal number of up to {MAX_DIGITS} digits)"
+        self._ignore(others, other_count, lambda key: f"{src}: key {key} is {kinds}{hint}")
         _check_duplicates(samples, src, "sample keys")
         _check_width(samples, self.width, src)
         companions = None
@@ -561,11 +552,11 @@ class RawSource:
             if same_db:
                 companions = sets[1]
             else:
-                with self.lenv.begin() as ltxn:
-                    (companions,), lother, lothers = _scan(ltxn, [spec.affixes])
-                    self.labels_identity = _identity(self.lenv, spec.db)
-                self._ignore(lothers, lother, f"{spec.db}: key {{}} is not a companion key "
-                             f"({spec.pattern!r})")
+                with self.lstore.begin(buffers=False) as ltxn:
+                    (companions,), lkeys, lother, lothers = _scan(ltxn, [spec.affixes])
+                    self.labels_identity = _identity(spec.db, lkeys)
+                self._ignore(lothers, lother, lambda key: f"{spec.db}: key {key} is not a "
+                             f"companion key ({spec.pattern!r})")
             _check_duplicates(companions, spec.db or src, "companion keys")
             self._pair(samples, companions)
         self.samples_nums, self.companions = samples, companions
@@ -582,14 +573,17 @@ class RawSource:
         where = spec.db or self.path
         has = np.isin(samples.numbers, companions.numbers, assume_unique=True)
         self.has_companion = None if has.all() else has
-        if not has.all():
+        if not has.all() and not self.skip_bad:  # with skip_bad: skipped when their turn comes
             lonely = np.flatnonzero(~has)
-            self._ignore([samples.digits(int(i)) for i in lonely[:_SHOWN]], len(lonely),
-                         f"{self.path}: sample key {{}} has no companion key ({spec.pattern!r}"
-                         + (f" in {spec.db}" if spec.db else "") + ")")
+            first = samples.digits(int(lonely[0]))
+            raise SourceFormatError(
+                f"{self.path}: sample key {_shown([first], len(lonely) - 1)} has no companion "
+                f"key ({show_key(spec.key(first))}" + (f" in {spec.db}" if spec.db else "")
+                + "); --skip-bad (skip_bad=True) skips and counts such samples")
         orphan = np.flatnonzero(~np.isin(companions.numbers, samples.numbers, assume_unique=True))
         self._ignore([spec.key(companions.digits(int(i))) for i in orphan[:_SHOWN]],
-                     len(orphan), f"{where}: companion key {{}} has no sample key in {self.path}")
+                     len(orphan), lambda key: f"{where}: companion key {key} has no sample key"
+                     + (f" in {self.path}" if spec.db else ""))
         # companion i of sample i: keep only the companions that have a sample
         if len(orphan):
             keep = np.ones(len(companions), bool)
@@ -607,8 +601,7 @@ class RawSource:
         if self.labels is None or not len(self.companions):
             self.fields = 1 if self.labels is not None else 0
             return
-        txn = (self.lenv or self.env).begin()
-        try:
+        with (self.lstore or self.store).begin(buffers=False) as txn:
             for i in range(len(self.companions)):
                 key = self.labels.key(self.companions.digits(i))
                 try:
@@ -620,13 +613,11 @@ class RawSource:
                         raise SourceFormatError(exc.reason + "; --skip-bad (skip_bad=True) "
                                                 "skips such samples") from None
             self.fields = 1
-        finally:
-            txn.abort()
 
     # -- values -------------------------------------------------------------------------------
 
     def _where(self, key):
-        return f"{self.labels.db or self.path}: companion key {_show_key(key)}"
+        return f"{self.labels.db or self.path}: companion key {show_key(key)}"
 
     def _parse_one(self, value, key, fields):
         """The numbers of one companion value (raises _BadSample)."""
@@ -640,7 +631,7 @@ class RawSource:
                 numbers = [_number(t) for t in tokens]
             except ValueError:
                 bad = next(t for t in tokens if not _is_number(t))
-                raise _BadSample(f"{self._where(key)}: {_show_key(bad)} is not a number (expected "
+                raise _BadSample(f"{self._where(key)}: {show_key(bad)} is not a number (expected "
                                  "numbers separated by commas, semicolons, spaces or tabs, the "
                                  f"label first; the value is {_looks_like(value)})") from None
         else:
@@ -653,7 +644,7 @@ class RawSource:
             raise _BadSample(f"{self._where(key)} is empty: it must hold at least the label")
         if fields is not None and len(numbers) != fields:
             raise _BadSample(f"{self._where(key)} holds {len(numbers)} numbers, but "
-                             f"{_show_key(self.first_companion)} holds {fields}: every sample "
+                             f"{show_key(self.first_companion)} holds {fields}: every sample "
                              "needs as many fields (label first)")
         if not _is_label(numbers[0]):
             raise _BadSample(_not_a_label(self._where(key), numbers[0]))
@@ -699,7 +690,7 @@ class RawSource:
         digits = nums.digits_of(lo, hi)
         values = list(map(txn.get, digits))
         m, size = hi - lo, self.size
-        bad = {j: f"{self.path}: the value of key {_show_key(digits[j])} is "
+        bad = {j: f"{self.path}: the value of key {show_key(digits[j])} is "
                   + (f"{len(v)} bytes, but shape {'x'.join(map(str, self.shape))} needs {size}"
                      if v is not None else "gone (was the database written to meanwhile?)")
                for j, v in enumerate(values) if v is None or len(v) != size}
@@ -719,8 +710,8 @@ class RawSource:
             for j in range(m):
                 if ckeys[j] is None:
                     bad[j] = (f"{self.labels.db or self.path}: no companion key "
-                              f"{_show_key(self.labels.key(digits[j]))} (the label of sample "
-                              f"key {_show_key(digits[j])})")
+                              f"{show_key(self.labels.key(digits[j]))} (the label of sample "
+                              f"key {show_key(digits[j])})")
             labels = labels.tolist()
         tblob = tsize = None
         if self.fields > 1:
@@ -737,7 +728,7 @@ class RawSource:
         for j, n in enumerate(nums.numbers[lo:hi].tolist()):
             key = b"%0*d" % (width, n)
             if j in bad:
-                out.append(Skip(lo + j, key, f"{self.path} key {digits[j].decode()}", bad[j]))
+                out.append(Skip(lo + j, key, *self._split_where(bad[j])))
                 continue
             pix = planar[j * size:(j + 1) * size]
             if labels is None:
@@ -748,6 +739,13 @@ class RawSource:
                 (thead, lab, tblob[j * tsize:(j + 1) * tsize]))
             out.append(Record(lo + j, key, b"".join((head, pix, lab, encoded)), tvalue))
         return out
+
+    def _split_where(self, message):
+        """(database, the rest) of a message about one sample, for the summary's skip list."""
+        for path in (self.path, self.labels.db if self.labels is not None else None):
+            if path and message.startswith(path + ": "):
+                return path, message[len(path) + 2:]
+        return self.path, message
 
     def _companions_of(self, lo, hi, digits, txn):
         """Keys and values of the companions of samples lo .. hi - 1 (None: it has none)."""
@@ -771,15 +769,14 @@ class RawSource:
     def samples(self, start=0):
         n = len(self)
         step = max(1, min(4096, _BLOCK_BYTES // max(self.size, 1)))
-        txn = self.env.begin()
-        ltxn = self.lenv.begin() if self.lenv is not None else None
-        try:
-            for lo in range(start, n, step):
-                yield from self._block(lo, min(n, lo + step), txn, ltxn)
-        finally:
-            txn.abort()
-            if ltxn is not None:
-                ltxn.abort()
+        with self.store.begin(buffers=False) as txn:
+            ltxn = self.lstore.begin(buffers=False) if self.lstore is not None else None
+            try:
+                for lo in range(start, n, step):
+                    yield from self._block(lo, min(n, lo + step), txn, ltxn)
+            finally:
+                if ltxn is not None:
+                    ltxn.__exit__(None, None, None)
 
     def fingerprint(self):
         spec = self.labels
@@ -791,9 +788,9 @@ class RawSource:
                 "fields": self.fields}
 
     def close(self):
-        for env in (self.env, self.lenv):
-            if env is not None:
-                env.close()
+        for store in (self.store, self.lstore):
+            if store is not None:
+                store.close()
 
 
 def _is_label(value):
@@ -912,7 +909,13 @@ def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool
                                   f"{spec.describe()}")
     elif spec is not None:
         source.notes["fields"] = f"label from {spec.describe()}"
-    return _run_and_verify(source, dst, verify, job="import_raw",
-                           targets=source.fields > 1, **options)
+    summary = _run_and_verify(source, dst, verify, job="import_raw",
+                              targets=source.fields > 1, **options)
+    if summary.skipped and not summary.written:
+        first = summary.skipped[0]
+        raise SourceFormatError(f"no sample of {source.path} could be imported: all "
+                                f"{len(summary.skipped)} were skipped, the first because "
+                                f"{first.reason} (a wrong --shape or --labels?)")
+    return summary
 
 
