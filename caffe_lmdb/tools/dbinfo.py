@@ -394,7 +394,8 @@ def verify(source, decode_images=True, progress=None, max_listed=20):
                      f"keys are numbers without zero padding: LMDB (and Caffe) read "
                      f"{show_key(a)} before {show_key(b)}, so records are not in their "
                      "numeric order; a list of labels kept beside this database is out of step "
-                     "with it (write keys with %08d)")
+                     f"with it. Fix: caffe-lmdb rekey {report.path} NEW_DB (a copy with keys "
+                     "%08d in numeric order; --width 10 for extract_features output)")
     if len(report.shapes) > 1 and report.record_format == "Datum":
         # (SSD's AnnotatedDataLayer resizes each image: detection records may differ)
         shown = ", ".join(

@@ -330,6 +330,7 @@ def _looks_like(value):
 
 def _run_and_verify(source, dst, verify, job, targets=False, **options):
     t0 = time.perf_counter()
+    dst = os.fspath(dst)
     try:
         summary = run(source, dst, job=job, workers=1, executor="inline", targets=targets,
                       **options)
@@ -357,7 +358,7 @@ def _verify(summary, *paths):
             raise VerifyError(f"{path} was written ({report.entries} records) but verify finds "
                               f"{report.problem_count} problems: {shown} (caffe-lmdb verify "
                               f"{path} lists them)", report)
-        said.append(f"{report.entries} records in {os.path.basename(path.rstrip('/'))}")
+        said.append(f"{report.entries} records in {os.path.basename(path.rstrip(os.sep))}")
     summary.extra["verify"] = f"OK ({', '.join(said)}; {time.perf_counter() - t0:.1f} s)"
 
 
