@@ -15,20 +15,25 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import read_lmdb
+from handwritten import handwritten_lmdb
+from helpers import write_lmdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import caffe_lmdb
 from caffe_lmdb.cli import main
-from caffe_lmdb.errors import (NotADatumDBError, OptionError, ResumeError, SourceFormatError,
-                               VerifyError)
+from caffe_lmdb.errors import (
+    NotADatumDBError,
+    OptionError,
+    ResumeError,
+    SourceFormatError,
+    VerifyError,
+)
 from caffe_lmdb.format.datum import array_to_datum_bytes, datum_bytes
 from caffe_lmdb.tools.dbinfo import info, verify
 from caffe_lmdb.write import repair, sink
 from caffe_lmdb.write.encode import targets_bytes
-from conftest import read_lmdb
-from handwritten import handwritten_lmdb
-from helpers import write_lmdb
 
 N = 3000
 SHAPE = (12, 12, 3)
@@ -194,7 +199,7 @@ def test_rekey_other_keys_non_datum_values_and_width(tmp_path):
     caffe_lmdb.rekey(tmp_path / "wide", tmp_path / "out3", width=9)
     assert [k for k, _ in read_lmdb(tmp_path / "out3")] == [b"000000005", b"123456789"]
     report = info(tmp_path / "out3")  # sparse keys: the gaps come from the steps, at once
-    assert report.gaps == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10] and report.gap_count == 123456788
+    assert report.gaps == list(range(6, 16)) and report.gap_count == 123456789 - 5 - 1
     write_lmdb(tmp_path / "dup", [("7", rec), ("007", rec), ("8", rec)])
     with pytest.raises(SourceFormatError, match="'007' and '7' are the same number"):
         caffe_lmdb.rekey(tmp_path / "dup", tmp_path / "out4")
