@@ -17,14 +17,16 @@ Two repairs, each writing a new database (the source is only read):
 
 How they work, and what they cost:
 
-* The key scan reads keys only (a keys-only cursor, values untouched), a chunk at a time, and
-  keeps each key as its number: an int64, 8 bytes a key (plus one byte a key when some keys
-  are zero-padded, to give back their exact text). Sorting those numbers gives the numeric
-  order. At the peak of the scan, 10 bytes per key of the database and 9 per sample key are
-  held (about 40 MB for 1,000,000 samples with their companion keys); values are never held
-  beyond a block of a few thousand.
+* The key scan reads keys only (a keys-only cursor, values untouched), a chunk of 16,384 at a
+  time, and keeps each sample or companion key as its number: an int64, 8 bytes a key, plus
+  one byte a key when some keys are zero-padded (to give back their exact text). Sorting those
+  numbers (in place) gives the numeric order. At the end of the scan the chunks and their
+  concatenation are both held for a moment: 18 bytes a key, so about 36 MB for 1,000,000
+  samples with their 1,000,000 companion keys, 16 MB after. Pairing samples with companions
+  is a binary search of one sorted array in the other (9 bytes a key). Values are never held
+  beyond one block (8 MB of raw values, or 256 records for rekey).
 * Values are then read in numeric order (one ``get`` per key) and written through the
-  converters' engine (:func:`caffe_lmdb.convert.run`): batched commits, a map that grows by
+  converters' engine (:func:`caffe_lmdb.write.convert.run`): batched commits, a map that grows by
   itself, the resume state beside the data, a Summary. A run killed at any point leaves valid
   databases that ``resume=True`` completes, key for key and byte for byte the same as one run.
 * Structural faults are found by the scan, before anything is written: keys that are neither
@@ -32,7 +34,7 @@ How they work, and what they cost:
   numbers (``7`` and ``007``), numbers too wide for the key width. Faults of one value (a size
   that does not match the shape, a label that is not a number) are found when it is read. Each
   is an error naming the key; ``skip_bad=True`` skips and counts them instead.
-* Both finish with :func:`caffe_lmdb.inspect.verify` of what they wrote (``verify=False`` to
+* Both finish with :func:`caffe_lmdb.tools.dbinfo.verify` of what they wrote (``verify=False`` to
   leave it out); problems raise :class:`~caffe_lmdb.errors.VerifyError`.
 """
 import math
@@ -54,7 +56,7 @@ from ..errors import (
 )
 from ..format.datum import datum_bytes, parse_datum
 from ..format.keys import MAX_KEY_BYTES
-from ..messages import show_key
+from ..messages import human_bytes, show_key
 from ..storage.base import open_reader
 from .convert import run, targets_db_path
 from .encode import Record, Skip
@@ -294,6 +296,16 @@ def _shown(keys, more=0):
     return text + (f" (and {more} more)" if more > 0 else "")
 
 
+def _members(a, b):
+    """Which numbers of the sorted array ``a`` are in the sorted array ``b`` (no sort, no
+    copy of either: 9 bytes per number of ``a``)."""
+    if not len(b):
+        return np.zeros(len(a), bool)
+    at = np.searchsorted(b, a)
+    np.minimum(at, len(b) - 1, out=at)
+    return b[at] == a
+
+
 def _check_width(nums, width, src):
     if len(nums) and nums.numbers[-1] >= 10 ** width:
         big = nums.digits(len(nums) - 1)
@@ -370,7 +382,7 @@ def _verify(summary, *paths):
 class RekeySource:
     """The records of ``src`` whose keys are decimal numbers, in numeric order, under keys
     ``%0{width}d`` of the same numbers, values as they are (a source for
-    :func:`caffe_lmdb.convert.run`). Other keys raise SourceFormatError, or are left out and
+    :func:`caffe_lmdb.write.convert.run`). Other keys raise SourceFormatError, or are left out and
     counted with ``skip_other``."""
 
     chunk = 64
@@ -420,7 +432,7 @@ class RekeySource:
             return "no numeric keys"
         lo, hi = self.nums.digits(0).decode(), self.nums.digits(n - 1).decode()
         return (f"{n} numeric keys {lo} .. {hi} in numeric order -> %0{self.width}d "
-                f"(key index: {self.nums.nbytes() / 2**20:.1f} MB)")
+                f"(key index: {human_bytes(self.nums.nbytes())})")
 
     def __len__(self):
         return len(self.nums)
@@ -456,7 +468,7 @@ def rekey(src, dst, width: int = 8, skip_other: bool = False, *, verify: bool = 
     not decimal numbers raise SourceFormatError naming them, unless ``skip_other``; numbers
     wider than ``width`` raise OptionError. ``options``: ``overwrite``, ``resume``,
     ``progress``, ``map_size``, ``commit_every``, as for the converters. Returns the
-    :class:`~caffe_lmdb.convert.Summary`, after a verify of ``dst`` (``verify=False``: none).
+    :class:`~caffe_lmdb.write.summary.Summary`, after a verify of ``dst`` (``verify=False``: none).
     """
     _check_distinct(src, dst, [("source", os.fspath(src))])
     source = RekeySource(src, width, skip_other)
@@ -479,7 +491,7 @@ class _BadSample(Exception):
 class RawSource:
     """The samples of a database of raw pixel values (see :func:`import_raw`) as Datum records
     under keys ``%0{width}d`` of their numbers, in numeric order (a source for
-    :func:`caffe_lmdb.convert.run`), with their targets records when the companions hold more
+    :func:`caffe_lmdb.write.convert.run`), with their targets records when the companions hold more
     than a label."""
 
     chunk = 512
@@ -566,13 +578,13 @@ class RawSource:
             lo, hi = samples.digits(0).decode(), samples.digits(n - 1).decode()
             index = samples.nbytes() + (companions.nbytes() if companions is not None else 0)
             self.notes["keys"] = (f"{n} samples, keys {lo} .. {hi} in numeric order -> "
-                                  f"%0{self.width}d (key index: {index / 2**20:.1f} MB)")
+                                  f"%0{self.width}d (key index: {human_bytes(index)})")
 
     def _pair(self, samples, companions):
         """Every sample needs its companion and every companion its sample."""
         spec = self.labels
         where = spec.db or self.path
-        has = np.isin(samples.numbers, companions.numbers, assume_unique=True)
+        has = _members(samples.numbers, companions.numbers)
         self.has_companion = None if has.all() else has
         if not has.all() and not self.skip_bad:  # with skip_bad: skipped when their turn comes
             lonely = np.flatnonzero(~has)
@@ -581,7 +593,7 @@ class RawSource:
                 f"{self.path}: sample key {_shown([first], len(lonely) - 1)} has no companion "
                 f"key ({show_key(spec.key(first))}" + (f" in {spec.db}" if spec.db else "")
                 + "); --skip-bad (skip_bad=True) skips and counts such samples")
-        orphan = np.flatnonzero(~np.isin(companions.numbers, samples.numbers, assume_unique=True))
+        orphan = np.flatnonzero(~_members(companions.numbers, samples.numbers))
         self._ignore([spec.key(companions.digits(int(i))) for i in orphan[:_SHOWN]],
                      len(orphan), lambda key: f"{where}: companion key {key} has no sample key"
                      + (f" in {self.path}" if spec.db else ""))
@@ -894,7 +906,7 @@ def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool
     companion, a companion without its sample, a key of neither kind, a companion that does not
     parse. ``skip_bad``: skip and count them instead (the Summary lists them). ``options``:
     ``overwrite``, ``resume``, ``progress``, ``map_size``, ``commit_every``, as for the
-    converters. Returns the :class:`~caffe_lmdb.convert.Summary` after a verify of what was
+    converters. Returns the :class:`~caffe_lmdb.write.summary.Summary` after a verify of what was
     written (``verify=False``: none).
     """
     spec = FieldSpec.parse(labels)
