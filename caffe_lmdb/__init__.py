@@ -56,8 +56,9 @@ from .write.convert import (
 )
 from .write.merge import merge
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
+from .tools.repair import import_raw, rekey  # write.repair, then verify
+from .write.repair import FieldSpec
 from .write.salvage import SalvageReport, salvage
-from .write.repair import FieldSpec, import_raw, rekey
 
 __version__ = "0.1.0"
 

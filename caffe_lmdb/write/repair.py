@@ -34,8 +34,8 @@ How they work, and what they cost:
   numbers (``7`` and ``007``), numbers too wide for the key width. Faults of one value (a size
   that does not match the shape, a label that is not a number) are found when it is read. Each
   is an error naming the key; ``skip_bad=True`` skips and counts them instead.
-* Both finish with :func:`caffe_lmdb.tools.dbinfo.verify` of what they wrote (``verify=False`` to
-  leave it out); problems raise :class:`~caffe_lmdb.errors.VerifyError`.
+* ``caffe_lmdb.rekey`` and ``caffe_lmdb.import_raw`` (:mod:`caffe_lmdb.tools.repair`) are these
+  functions followed by :func:`caffe_lmdb.tools.dbinfo.verify` of what they wrote.
 """
 import math
 import os
@@ -52,7 +52,6 @@ from ..errors import (
     NotADatumDBError,
     OptionError,
     SourceFormatError,
-    VerifyError,
 )
 from ..format.datum import datum_bytes, parse_datum
 from ..format.keys import MAX_KEY_BYTES
@@ -340,38 +339,16 @@ def _looks_like(value):
     return f"bytes {head.hex(' ')}"
 
 
-def _run_and_verify(source, dst, verify, job, targets=False, **options):
+def _run(source, dst, job, targets=False, **options):
     t0 = time.perf_counter()
-    dst = os.fspath(dst)
     try:
-        summary = run(source, dst, job=job, workers=1, executor="inline", targets=targets,
-                      **options)
+        summary = run(source, os.fspath(dst), job=job, workers=1, executor="inline",
+                      targets=targets, **options)
     finally:
         source.close()
     summary.extra.update(source.notes)
-    if verify:
-        _verify(summary, dst, summary.targets_path)
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _verify(summary, *paths):
-    # the one place write/ reaches into tools/: the check after writing, not the writing
-    from ..tools.dbinfo import verify as verify_db
-
-    t0 = time.perf_counter()
-    said = []
-    for path in paths:
-        if path is None:
-            continue
-        report = verify_db(path, decode_images=False)
-        if not report.ok:
-            shown = "; ".join(str(p) for p in report.problems[:3])
-            raise VerifyError(f"{path} was written ({report.entries} records) but verify finds "
-                              f"{report.problem_count} problems: {shown} (caffe-lmdb verify "
-                              f"{path} lists them)", report)
-        said.append(f"{report.entries} records in {os.path.basename(path.rstrip(os.sep))}")
-    summary.extra["verify"] = f"OK ({', '.join(said)}; {time.perf_counter() - t0:.1f} s)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,8 +435,7 @@ class RekeySource:
         self.store.close()
 
 
-def rekey(src, dst, width: int = 8, skip_other: bool = False, *, verify: bool = True,
-          **options) -> Summary:
+def rekey(src, dst, width: int = 8, skip_other: bool = False, **options) -> Summary:
     """Copy the LMDB ``src`` to ``dst`` with keys ``%0{width}d`` of its keys' numbers, in
     numeric order, values unchanged (``caffe-lmdb rekey SRC DST``).
 
@@ -468,11 +444,12 @@ def rekey(src, dst, width: int = 8, skip_other: bool = False, *, verify: bool = 
     not decimal numbers raise SourceFormatError naming them, unless ``skip_other``; numbers
     wider than ``width`` raise OptionError. ``options``: ``overwrite``, ``resume``,
     ``progress``, ``map_size``, ``commit_every``, as for the converters. Returns the
-    :class:`~caffe_lmdb.write.summary.Summary`, after a verify of ``dst`` (``verify=False``: none).
+    :class:`~caffe_lmdb.write.summary.Summary`. (``caffe_lmdb.rekey`` then verifies ``dst``:
+    :mod:`caffe_lmdb.tools.repair`.)
     """
     _check_distinct(src, dst, [("source", os.fspath(src))])
     source = RekeySource(src, width, skip_other)
-    return _run_and_verify(source, dst, verify, job="rekey", **options)
+    return _run(source, dst, job="rekey", **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -887,7 +864,7 @@ def _parse_shape(shape):
 
 
 def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool = False, *,
-               width: int = 8, verify: bool = True, **options) -> Summary:
+               width: int = 8, **options) -> Summary:
     """Turn a database of raw pixel values into Caffe Datum records (``caffe-lmdb import-raw
     SRC DST --shape H,W,C``).
 
@@ -906,8 +883,8 @@ def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool
     companion, a companion without its sample, a key of neither kind, a companion that does not
     parse. ``skip_bad``: skip and count them instead (the Summary lists them). ``options``:
     ``overwrite``, ``resume``, ``progress``, ``map_size``, ``commit_every``, as for the
-    converters. Returns the :class:`~caffe_lmdb.write.summary.Summary` after a verify of what was
-    written (``verify=False``: none).
+    converters. Returns the :class:`~caffe_lmdb.write.summary.Summary`. (``caffe_lmdb.import_raw``
+    then verifies what was written: :mod:`caffe_lmdb.tools.repair`.)
     """
     spec = FieldSpec.parse(labels)
     _check_distinct(src, dst, [("source", os.fspath(src)),
@@ -922,8 +899,7 @@ def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool
                                   f"{spec.describe()}")
     elif spec is not None:
         source.notes["fields"] = f"label from {spec.describe()}"
-    summary = _run_and_verify(source, dst, verify, job="import_raw",
-                              targets=source.fields > 1, **options)
+    summary = _run(source, dst, job="import_raw", targets=source.fields > 1, **options)
     if summary.skipped and not summary.written:
         first = summary.skipped[0]
         raise SourceFormatError(f"no sample of {source.path} could be imported: all "
