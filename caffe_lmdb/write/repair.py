@@ -490,6 +490,7 @@ class RawSource:
         self.notes = {}
         self.ignored = []  # (key, reason) of the first keys left out with skip_bad
         self.ignored_count = 0
+        self.first_companion = None  # the key whose field count every companion must have
         self.store = _open_source(self.path)
         self.lstore = None
         try:
