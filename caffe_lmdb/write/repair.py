@@ -900,12 +900,7 @@ def import_raw(src, dst, shape, layout: str = "HWC", labels=None, skip_bad: bool
                                   f"{spec.describe()}")
     elif spec is not None:
         source.notes["fields"] = f"label from {spec.describe()}"
-    summary = _run(source, dst, job="import_raw", targets=source.fields > 1, **options)
-    if summary.skipped and not summary.written:
-        first = summary.skipped[0]
-        raise SourceFormatError(f"no sample of {source.path} could be imported: all "
-                                f"{len(summary.skipped)} were skipped, the first because "
-                                f"{first.reason} (a wrong --shape or --labels?)")
-    return summary
+    # (an import whose every sample is skipped raises NothingWrittenError, as a converter's)
+    return _run(source, dst, job="import_raw", targets=source.fields > 1, **options)
 
 
