@@ -57,6 +57,8 @@ from .write.convert import (
 from .write.merge import merge
 from .write.migrate import migrate
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
+from .tools.repair import import_raw, rekey  # write.repair, then verify
+from .write.repair import FieldSpec
 from .write.salvage import SalvageReport, salvage
 
 __version__ = "0.1.0"
@@ -73,6 +75,7 @@ __all__ = [
     "convert_imageset", "convert_folder", "convert_mnist", "convert_cifar", "write_arrays",
     "DatumWriter", "Summary", "merge", "migrate", "salvage", "SalvageReport", "RayExecutor",
     "contact_sheet", "plot_stats", "Transform", "from_prototxt", "DataLayerInput", "PrototxtError",
+    "rekey", "import_raw", "FieldSpec",
     "CaffeLMDBError", "DatumDecodeError", "EncodeError", "ImageReadError", "ListFileError",
     "NotADatumDBError", "OutputExistsError", "ShapeMismatchError",
 ]

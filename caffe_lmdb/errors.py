@@ -164,3 +164,12 @@ class NothingWrittenError(CaffeLMDBError, ValueError):
 class DatabaseLockedError(CaffeLMDBError, OSError):
     """A database another process holds open where the engine admits one process at a time
     (LevelDB's LOCK file): the message names the LOCK file."""
+
+
+class VerifyError(CaffeLMDBError, ValueError):
+    """A database was written (by a repair: rekey, import-raw) but verify finds problems in
+    it; ``report`` is verify's DBInfo. The database is kept as written."""
+
+    def __init__(self, message, report=None):
+        self.report = report
+        super().__init__(message)

@@ -14,9 +14,10 @@ from . import mean as _mean
 from . import merge as _merge
 from . import migrate as _migrate
 from . import read as _read
+from . import repair as _repair
 from . import show as _show
 
-GROUPS = [_mean, _convert, _read, _merge, _show, _migrate]
+GROUPS = [_mean, _convert, _read, _merge, _show, _migrate, _repair]
 
 
 def build_parser():

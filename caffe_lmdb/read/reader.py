@@ -101,7 +101,9 @@ def _check_first_record(path, key, value):
         f = parse_datum(value)
     except DatumDecodeError:
         raise NotADatumDBError(f"{where} is not a Datum record: it looks like "
-                               f"{describe_bytes(value)}") from None
+                               f"{describe_bytes(value)} (raw pixel arrays, such as "
+                               "cv2.imread(path).tobytes()? caffe-lmdb import-raw turns them "
+                               "into Datum records)") from None
     if f.encoded:
         if f.data is None or not f.data[1]:
             raise NotADatumDBError(f"{where} is an encoded Datum without data")

@@ -50,7 +50,9 @@ def targets_bytes(values, label):
 
 def encode(sample):
     """Encode one sample (see :mod:`caffe_lmdb.sources`) into a :class:`Record`, or a
-    :class:`Skip` when its image cannot be read or decoded (as convert_imageset skips it)."""
+    :class:`Skip` when its image cannot be read or decoded (as convert_imageset skips it).
+    A Record or Skip that a source made itself (records copied or rebuilt from another
+    database, which only the writing process can read) passes through unchanged."""
     if isinstance(sample, ImageSample):
         o = sample.options
         try:
@@ -72,6 +74,8 @@ def encode(sample):
         return Record(sample.index, sample.key, array_to_datum_bytes(sample.array, sample.label))
     if hasattr(sample, "encode"):  # samples of other record kinds encode themselves
         return sample.encode()
+    if isinstance(sample, (Record, Skip)):  # built by the source itself (rekey, import-raw)
+        return sample
     raise TypeError(f"encode() does not know samples of type {type(sample).__name__}")
 
 
