@@ -43,6 +43,7 @@ from .tools.features import (
 )
 from .tools.mean import channel_means, compute_mean
 from .tools.prototxt import DataLayerInput, PrototxtError, from_prototxt
+from .tools.repair import import_raw, rekey  # write.repair, then verify
 from .tools.show import contact_sheet, plot_stats  # OpenCV is imported when they draw
 from .tools.transform import Transform
 from .write.convert import (
@@ -57,7 +58,6 @@ from .write.convert import (
 from .write.merge import merge
 from .write.migrate import migrate
 from .write.ray import RayExecutor  # ray itself is imported only when it is used
-from .tools.repair import import_raw, rekey  # write.repair, then verify
 from .write.repair import FieldSpec
 from .write.salvage import SalvageReport, salvage
 

@@ -98,9 +98,9 @@ class FieldSpec:
     ``format=F`` or ``db=PATH``: ``"{}_"``, ``"{}_,format=int32"``, ``"db=labels_lmdb"``,
     ``"label_{},db=meta_lmdb,format=float32"``.
     """
-    pattern: str = None
+    pattern: str | None = None
     format: str = "text"
-    db: str = None
+    db: str | None = None
 
     def __post_init__(self):
         pattern = self.pattern
