@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import AnnotationError, DatumDecodeError
+from .datum import read_varint
 
 __all__ = [
     "BBOX", "BOX_COLUMNS", "is_annotated", "annotated_bytes", "parse_annotated",
@@ -153,32 +154,21 @@ def is_annotated(value) -> bool:
     return len(value) > 0 and value[0] == 0x0A
 
 
-def _read_varint(buf, pos, end):
-    result = shift = 0
-    for i in range(pos, min(pos + 10, end)):
-        b = buf[i]
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _MASK64, i + 1
-        shift += 7
-    raise DatumDecodeError(f"truncated or over-long varint at byte {pos}")
-
-
 def _skip(buf, pos, end, wire, field, depth=0):
     if wire == 0:
-        return _read_varint(buf, pos, end)[1]
+        return read_varint(buf, pos, end)[1]
     if wire == 1:
         pos += 8
     elif wire == 5:
         pos += 4
     elif wire == 2:
-        size, pos = _read_varint(buf, pos, end)
+        size, pos = read_varint(buf, pos, end)
         pos += size
     elif wire == 3 and depth < 64:
         while True:
             if pos >= end:
                 raise DatumDecodeError(f"group {field} is not closed")
-            tag, pos = _read_varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
             if tag & 7 == 4:
                 if tag >> 3 != field:
                     raise DatumDecodeError(f"group {field} closed by end-group {tag >> 3}")
@@ -195,15 +185,15 @@ def _fields(buf, pos, end):
     """Yield (field, wire, value, start, stop) of a message's fields: value is the varint or
     fixed value, start/stop the payload span for length-delimited fields."""
     while pos < end:
-        tag, pos = _read_varint(buf, pos, end)
+        tag, pos = read_varint(buf, pos, end)
         field, wire = tag >> 3, tag & 7
         if field == 0 or tag > 0xFFFFFFFF:
             raise DatumDecodeError(f"invalid tag {tag} at byte {pos}")
         if wire == 0:
-            value, pos = _read_varint(buf, pos, end)
+            value, pos = read_varint(buf, pos, end)
             yield field, wire, value, pos, pos
         elif wire == 2:
-            size, pos = _read_varint(buf, pos, end)
+            size, pos = read_varint(buf, pos, end)
             if pos + size > end:
                 raise DatumDecodeError(f"field {field}: {size} bytes announced, "
                                        f"{end - pos} left")

@@ -34,7 +34,8 @@ Buffer = Any
 __all__ = [
     "Datum", "BlobShape", "BlobProto", "BlobProtoVector",
     "array_to_datum", "array_to_datum_bytes", "datum_to_array", "datum_bytes",
-    "decode", "parse_datum", "fields_to_array", "float_values", "shape_of", "DatumFields",
+    "decode", "parse_datum", "fields_to_array", "float_values", "shape_of", "read_varint",
+    "DatumFields",
 ]
 
 _U8 = np.dtype(np.uint8)
@@ -174,7 +175,7 @@ class DatumFields:
         return sum(span[1] for span in self.floats)
 
 
-def _read_varint(buf, pos, end):
+def read_varint(buf, pos, end):
     """(value, new_pos) of the varint at pos; at most ten bytes, as protobuf allows."""
     result = shift = 0
     for i in range(pos, min(pos + 10, end)):
@@ -196,13 +197,13 @@ def _signed32(value):
 def _skip_field(buf, pos, end, wire, field, depth):
     """Skip one unknown field's payload; returns the new position."""
     if wire == 0:
-        return _read_varint(buf, pos, end)[1]
+        return read_varint(buf, pos, end)[1]
     if wire == 1:
         pos += 8
     elif wire == 5:
         pos += 4
     elif wire == 2:
-        size, pos = _read_varint(buf, pos, end)
+        size, pos = read_varint(buf, pos, end)
         if size > 0x7FFFFFFF:
             raise DatumDecodeError(f"length {size} at byte {pos} is too large")
         pos += size
@@ -212,7 +213,7 @@ def _skip_field(buf, pos, end, wire, field, depth):
         while True:
             if pos >= end:
                 raise DatumDecodeError(f"group {field} is not closed")
-            tag, pos = _read_varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
             inner_field, inner_wire = tag >> 3, tag & 7
             # protobuf (upb) skips a field 0 of a scalar wire type inside an unknown group, and
             # rejects a field 0 that opens or closes a group (C++ protobuf rejects them all)
@@ -242,14 +243,14 @@ def _parse(buf, pos, end, f, snapshot=False):
         if tag < 0x80:
             pos += 1
         else:
-            tag, pos = _read_varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
             if tag > 0xFFFFFFFF:
                 raise DatumDecodeError(f"invalid tag at byte {pos}")
         field, wire = tag >> 3, tag & 7
         if field == 0:
             raise DatumDecodeError(f"invalid field number 0 at byte {pos - 1}")
         if wire == 0 and field in (1, 2, 3, 5, 7):
-            value, pos = _read_varint(buf, pos, end)
+            value, pos = read_varint(buf, pos, end)
             if field == 5:
                 f.label = _signed32(value)
                 f.has_label = True
@@ -263,7 +264,7 @@ def _parse(buf, pos, end, f, snapshot=False):
             else:
                 f.width = _signed32(value)
         elif wire == 2 and field == 4:
-            size, pos = _read_varint(buf, pos, end)
+            size, pos = read_varint(buf, pos, end)
             if size > end - pos:
                 raise DatumDecodeError(f"data field of {size} bytes truncated at byte {end}")
             f.data = (pos, size)
@@ -292,7 +293,7 @@ def _parse(buf, pos, end, f, snapshot=False):
             f.floats.append((pos, count, 5))
             pos += 5 * count - 1
         elif wire == 2 and field == 6:
-            size, pos = _read_varint(buf, pos, end)
+            size, pos = read_varint(buf, pos, end)
             if size > end - pos:
                 raise DatumDecodeError(f"packed float_data of {size} bytes truncated")
             if size % 4:

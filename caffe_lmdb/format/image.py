@@ -15,8 +15,8 @@ from . import cv
 from .datum import Datum, datum_bytes
 from .sniff import image_format
 
-__all__ = ["read_image", "encode_image", "image_to_datum", "extension_of", "extension_matches",
-           "resize_to"]
+__all__ = ["read_image", "encode_image", "encode_array", "image_to_datum", "extension_of",
+           "extension_matches", "resize_to"]
 
 _U8 = np.dtype(np.uint8)
 PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]  # noqa: UP007 (runtime)
@@ -103,16 +103,22 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
         _refuse_deep(blob, name)
         payload = blob
     else:
-        cv2 = cv.cv2()
-        try:
-            ok, buf = cv2.imencode("." + encode_type, img)
-        except cv2.error:
-            ok = False
-        if not ok:
-            raise EncodeError(f"OpenCV could not encode {name or 'image'} as {encode_type!r} "
-                              "(use an image type OpenCV writes, e.g. jpg or png)")
-        payload = buf.tobytes()
+        payload = encode_array(img, encode_type, name or "image")
     return datum_bytes(data=payload, label=label, encoded=True)
+
+
+def encode_array(img: np.ndarray, encode_type: str, name: str = "image") -> bytes:
+    """An H x W (x C) image array as the bytes of an ``encode_type`` file (``jpg``, ``png``,
+    ...), as Caffe's tools re-encode; EncodeError when OpenCV cannot write that type."""
+    cv2 = cv.cv2()
+    try:
+        ok, buf = cv2.imencode("." + encode_type, img)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise EncodeError(f"OpenCV could not encode {name} as {encode_type!r} (use an image "
+                          "type OpenCV writes, e.g. jpg or png)")
+    return buf.tobytes()
 
 
 def _refuse_deep(blob: bytes, name: str | None) -> None:

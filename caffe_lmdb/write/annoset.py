@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AnnotationError, EncodeError, ImageReadError, ListFileError, OptionError
+from ..errors import AnnotationError, ImageReadError, ListFileError, OptionError
+from ..format import cv
 from ..format.annofiles import READERS
 from ..format.annotated import (
     BBOX,
@@ -43,7 +44,7 @@ from ..format.annotated import (
     read_labelmap,
 )
 from ..format.datum import datum_bytes
-from ..format.image import read_image
+from ..format.image import encode_array, read_image
 from ..format.imagesize import DEFAULT_MAX_PIXELS, check_image
 from ..format.keys import MAX_KEY_BYTES, index_key
 from .convert import DEFAULT_TIMEOUT, DatumWriter, Summary, run  # noqa: F401 (re-export)
@@ -124,9 +125,9 @@ def annoset_image_datum(path, label, *, resize_height=0, resize_width=0, min_dim
     if min_dim > 0 or max_dim > 0:
         s = _scale(orig[0], orig[1], min_dim, max_dim)
         if s != 1:
-            img = _cv2().resize(img, (0, 0), fx=float(s), fy=float(s))
+            img = cv.cv2().resize(img, (0, 0), fx=float(s), fy=float(s))
     elif resize_height > 0 and resize_width > 0:
-        img = _cv2().resize(img, (resize_width, resize_height))
+        img = cv.cv2().resize(img, (resize_width, resize_height))
     c = 1 if img.ndim == 2 else img.shape[2]
     h, w = img.shape[:2]
     if not enc:
@@ -137,22 +138,8 @@ def annoset_image_datum(path, label, *, resize_height=0, resize_width=0, min_dim
             and not max_dim and _match_ext(os.fspath(path), enc)):
         data = blob
     else:
-        cv2 = _cv2()
-        try:
-            ok, buf = cv2.imencode("." + enc, img)
-        except cv2.error:
-            ok = False
-        if not ok:
-            raise EncodeError(f"OpenCV could not encode {path} as {enc!r} (use an image type "
-                              "OpenCV writes, e.g. --encode_type=jpg or png)")
-        data = buf.tobytes()
+        data = encode_array(img, enc, path)
     return datum_bytes(c, h, w, data=data, label=label, encoded=True), orig
-
-
-def _cv2():
-    import cv2
-
-    return cv2
 
 
 def _decoder_errors():
@@ -416,10 +403,8 @@ def _datum_of(image, encode):
     c, h, w = arr.shape
     if encode:
         hwc = arr[0] if c == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
-        ok, buf = _cv2().imencode("." + str(encode).lstrip("."), hwc)
-        if not ok:
-            raise EncodeError(f"OpenCV could not encode the image as {encode!r}")
-        return datum_bytes(c, h, w, data=buf.tobytes(), label=-1, encoded=True), (h, w)
+        data = encode_array(hwc, str(encode).lstrip("."))
+        return datum_bytes(c, h, w, data=data, label=-1, encoded=True), (h, w)
     return datum_bytes(c, h, w, data=np.ascontiguousarray(arr), label=-1, encoded=False), (h, w)
 
 
