@@ -1,6 +1,6 @@
 """Benchmark the image converter against a plain single-process loop, in one run.
 
-Usage: python scripts/bench_convert.py [--images 2000] [--repeat 3] [--workdir DIR]
+Usage: python scripts/bench_convert.py [--images 2000] [--repeat 3] [--workdir DIR] [--small 20000]
 
 Makes ~2,000 synthetic JPEGs of 500 x 375 in a temporary folder, then converts them to raw
 256 x 256 records (convert_imageset --resize_height=256 --resize_width=256) with:
@@ -27,6 +27,7 @@ records (where the writer, not decoding, sets the pace). Target: LevelDB within 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,10 @@ W, H = 500, 375
 SIDE = 256
 
 
-def make_images(folder, n, seed=7):
-    """n JPEGs with smooth gradients, shapes and noise (realistic decode cost), a list file."""
+def make_images(folder, n, seed=7, size=None):
+    """n JPEGs with smooth gradients, shapes and noise (realistic decode cost), a list file.
+    ``size``: (W, H), default 500 x 375."""
+    W, H = size or (globals()["W"], globals()["H"])  # noqa: N806
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     noise = rng.normal(0, 12, (H + 64, W + 64, 3)).astype(np.float32)
@@ -59,7 +62,7 @@ def make_images(folder, n, seed=7):
         img = np.clip(img, 0, 255).astype(np.uint8)
         for _ in range(3):
             center = tuple(int(v) for v in rng.integers(0, (W, H)))
-            cv2.circle(img, center, int(rng.integers(10, 80)),
+            cv2.circle(img, center, int(rng.integers(max(2, W // 50), max(3, W // 6))),
                        tuple(int(v) for v in rng.integers(0, 256, 3)), -1)
         name = f"c{i % 10}/img_{i:05d}.jpg"
         os.makedirs(os.path.join(folder, f"c{i % 10}"), exist_ok=True)
@@ -71,7 +74,7 @@ def make_images(folder, n, seed=7):
     return list_file
 
 
-def baseline(root, list_file, db):
+def baseline(root, list_file, db, side=SIDE):
     """The plain loop people write: one image after the other, commit every 1000."""
     with open(list_file) as f:
         entries = [line.rstrip("\n").rsplit(" ", 1) for line in f]
@@ -79,7 +82,7 @@ def baseline(root, list_file, db):
     txn = env.begin(write=True)
     for i, (path, label) in enumerate(entries):
         img = cv2.imread(os.path.join(root, path), cv2.IMREAD_COLOR)
-        img = cv2.resize(img, (SIDE, SIDE))
+        img = cv2.resize(img, (side, side))
         datum = caffe_lmdb.array_to_datum(img.transpose(2, 0, 1), int(label))
         txn.put(b"%08d_%s" % (i, path.encode()), datum.SerializeToString())
         if (i + 1) % 1000 == 0:
@@ -103,10 +106,12 @@ def best_of(runs, work, repeat):
     """Best time of each run over ``repeat`` rounds, the runs interleaved within each round so
     that a burst of load elsewhere on the machine does not favour one of them."""
     best = {}
+    best_of.times = {}
     for _ in range(repeat):
         for _label, fn, tag in runs:
             secs = timed(fn, os.path.join(work, tag))
             best[tag] = min(best.get(tag, secs), secs)
+            best_of.times.setdefault(tag, []).append(secs)
     return best
 
 
@@ -228,6 +233,64 @@ def bench_backends(work, root, list_file, n_images, cores, repeat, records=60000
               f"{'MET' if ratio <= 1.2 else 'NOT MET'}); same keys and values: {same}")
 
 
+def opens_per_image(root, list_file, work, n):
+    """Files opened (Python's open, through the audit hook) per image by a conversion of the
+    first n images of the list, against the images themselves."""
+    short = os.path.join(work, "short_list.txt")
+    with open(list_file) as f, open(short, "w") as g:
+        g.writelines(line for _, line in zip(range(n), f, strict=False))
+    opened = []
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].endswith(".jpg"):
+            opened.append(args[0])
+
+    sys.addaudithook(hook)  # (stays installed: it only appends while `opened` is referenced)
+    caffe_lmdb.convert_imageset(root, short, os.path.join(work, "opens"), resize_height=32,
+                                resize_width=32, workers=2)
+    count = len(opened)
+    opened = []
+    return count / n
+
+
+def small_images(args, cores):
+    """convert-imageset on small images: --small JPEGs of 128 x 96 resized to 32 x 32."""
+    work = tempfile.mkdtemp(prefix="bench_convert_small_", dir=args.workdir)
+    try:
+        root = os.path.join(work, "images") + os.sep
+        t = time.perf_counter()
+        list_file = make_images(root, args.small, size=(128, 96))
+        print(f"{args.small} JPEGs of 128x96 made in {time.perf_counter() - t:.1f} s; {cores} "
+              "cores; resize to 32x32")
+
+        def ours(workers):
+            return lambda out: caffe_lmdb.convert_imageset(
+                root, list_file, out, resize_height=32, resize_width=32, workers=workers)
+
+        runs = [("baseline loop (imread, resize, array_to_datum, put)",
+                 lambda out: baseline(root, list_file, out, 32), "base"),
+                ("convert_imageset workers=1", ours(1), "w1"),
+                (f"convert_imageset workers={cores} (threads)", ours(cores), "wall")]
+        best = best_of(runs, work, args.repeat)
+        rates = {tag: args.small / best[tag] for tag in best}
+        for label, _fn, tag in runs:
+            print(f"  {label:<52} {best[tag]:6.2f} s  {rates[tag]:7.0f} images/s  "
+                  f"{rates[tag] / rates['base']:.2f}x baseline")
+        med = {tag: statistics.median(v) for tag, v in best_of.times.items()}
+        print("  medians: " + ", ".join(f"{tag} {med[tag]:.2f} s ({med['base'] / med[tag]:.2f}x)"
+                                        for _label, _fn, tag in runs))
+        identical = all(same_db(os.path.join(work, "base"), os.path.join(work, t))
+                        for _label, _fn, t in runs[1:])
+        ratio = rates["wall"] / rates["base"]
+        print(f"  all {len(runs)} databases identical (every key and value): {identical}")
+        print(f"  workers={cores} / baseline = {ratio:.2f}x best, "
+              f"{med['base'] / med['wall']:.2f}x median; target 1.7x: "
+              f"{'MET' if ratio >= 1.7 else 'NOT MET'}")
+        print(f"  image files opened per image: {opens_per_image(root, list_file, work, 200):.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -241,8 +304,13 @@ def main():
                     help="records written for the writer-only ceiling (default 10000, 2 GB)")
     ap.add_argument("--backends-only", action="store_true",
                     help="only the LevelDB vs LMDB comparison")
+    ap.add_argument("--small", type=int, default=0, metavar="N",
+                    help="instead: N small JPEGs (128x96 -> 32x32; the issue's figure is 20000)")
     args = ap.parse_args()
     cores = default_workers()
+    if args.small:
+        small_images(args, cores)
+        return 0
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir)

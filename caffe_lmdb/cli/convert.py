@@ -10,9 +10,9 @@ import re
 import sys
 
 from ..errors import CaffeLMDBError
+from ..format.imagesize import DEFAULT_MAX_PIXELS
 from ..storage.base import backend_name
-from ..write import convert as api
-from ..write.executors import default_workers
+from ..write.defaults import DEFAULT_TIMEOUT, default_workers
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "sample_data")
@@ -27,6 +27,14 @@ _VALUE_FLAGS = {"resize_height", "resize_width", "encode_type", "backend", "seed
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 _FLAG = re.compile(r"^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
+
+
+def _api():
+    """The converters, imported when a command runs (not to build the parser: ``--help`` must
+    stay fast)."""
+    from ..write import convert
+
+    return convert
 
 
 class _UsageError(CaffeLMDBError):
@@ -111,9 +119,9 @@ def _image_flags(p):
                    help="encode as this type (jpg, png, ...); implies --encoded")
     flag(p, "index_keys", "keys %%08d only, without the path (for paths too long for LMDB)")
     flag(p, "strict", "stop at the first unreadable image instead of skipping it")
-    p.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="skip an image whose decoding takes longer (default %(default)g)")
-    p.add_argument("--max_pixels", type=int, default=api.DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="skip, unread, an image whose header declares more pixels (a "
                         "decompression bomb?); 0: no limit (default %(default)d)")
 
@@ -123,8 +131,8 @@ _CONVERTERS = {
     "convert-imageset": (
         "Caffe's convert_imageset: ROOTFOLDER/ + LISTFILE ('path label' lines) to an LMDB",
         [("root", "ROOTFOLDER/"), ("list_file", "LISTFILE"), ("db", "DB_NAME")], True,
-        lambda a, opts: api.convert_imageset(a.root, a.list_file, a.db, targets=a.targets,
-                                             **opts)),
+        lambda a, opts: _api().convert_imageset(a.root, a.list_file, a.db,
+                                                targets=a.targets, **opts)),
     "convert-annoset": (
         "SSD-Caffe's convert_annoset: ROOTFOLDER/ + LISTFILE ('image annotation' lines, or "
         "'image label' with --anno_type=classification) to an LMDB of AnnotatedDatum",
@@ -136,15 +144,15 @@ _CONVERTERS = {
     "convert-folder": (
         "a folder of class subfolders to an LMDB (labels by sorted class name)",
         [("root", "ROOT"), ("db", "DB")], True,
-        lambda a, opts: api.convert_folder(a.root, a.db, **opts)),
+        lambda a, opts: _api().convert_folder(a.root, a.db, **opts)),
     "convert-mnist": (
         "Caffe's convert_mnist_data: MNIST idx files (gzipped or not) to an LMDB",
         [("images", "IMAGES"), ("labels", "LABELS"), ("db", "DB")], False,
-        lambda a, opts: api.convert_mnist(a.images, a.labels, a.db, **opts)),
+        lambda a, opts: _api().convert_mnist(a.images, a.labels, a.db, **opts)),
     "convert-cifar": (
         "Caffe's convert_cifar_data: CIFAR-10 binary batches to train and test LMDBs",
         [("input", "INPUT_FOLDER"), ("output", "OUTPUT_FOLDER")], False,
-        lambda a, opts: api.convert_cifar(a.input, a.output, **opts)),
+        lambda a, opts: _api().convert_cifar(a.input, a.output, **opts)),
 }
 
 
@@ -228,7 +236,7 @@ def _labelmap(args):
 
 def _progress(args, what):
     """A tqdm bar on a terminal (done/total, rate, ETA); nothing when quiet or piped."""
-    if args.quiet:
+    if args.quiet or not sys.stderr.isatty():  # (tqdm draws nothing when piped anyway)
         return None, None
     from tqdm import tqdm
 
@@ -304,7 +312,7 @@ def _seed(text):
 
 def _shard(text):
     try:
-        return api.parse_shard(text)
+        return _api().parse_shard(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -361,8 +369,8 @@ def _converter(name, images, call):
 def _demo(args):
     out = args.out
     root = SAMPLE_DIR + os.sep
-    summary = with_progress(args, "demo", lambda progress: api.run(
-        _DemoSource(root), out, job="demo", workers=args.workers, overwrite=args.overwrite,
+    summary = with_progress(args, "demo", lambda progress: _api().run(
+        _demo_source(root), out, job="demo", workers=args.workers, overwrite=args.overwrite,
         progress=progress))
     print(summary)
     print(f"Caffe reads it with: data_param {{ source: \"{out}\" backend: LMDB "
@@ -370,14 +378,16 @@ def _demo(args):
     return 0
 
 
-class _DemoSource(api.ListFileSource):
-    """The shipped sample list, marked so that a later demo run may replace its output."""
+def _demo_source(root):
+    """The shipped sample list, marked so that a later demo run may replace its output (the
+    class is made when the demo runs: building the parser imports no converter)."""
+    from ..write.sources import ListFileSource
 
-    def __init__(self, root):
-        super().__init__(root, os.path.join(root, "list.txt"))
+    class DemoSource(ListFileSource):
+        def fingerprint(self):
+            return {**super().fingerprint(), "demo": True}
 
-    def fingerprint(self):
-        return {**super().fingerprint(), "demo": True}
+    return DemoSource(root, os.path.join(root, "list.txt"))
 
 
 def preprocess(argv):

@@ -1,9 +1,6 @@
-"""Mean-file commands: mean-to-npy and npy-to-mean."""
-import numpy as np
-
+"""Mean-file commands: mean-to-npy and npy-to-mean (NumPy and the mean-file code are imported
+when a command runs, not to build the parser)."""
 from ..errors import SourceFormatError
-from ..format.blob import read_mean, write_mean
-from ..format.sniff import describe_bytes
 
 
 def register(sub):
@@ -20,6 +17,10 @@ def register(sub):
 
 
 def _mean_to_npy(args):
+    import numpy as np
+
+    from ..format.blob import read_mean
+
     arr = read_mean(args.mean)
     np.save(args.npy, arr)
     print(f"{args.mean} -> {args.npy}: shape {arr.shape}, per-channel means "
@@ -28,6 +29,11 @@ def _mean_to_npy(args):
 
 
 def _npy_to_mean(args):
+    import numpy as np
+
+    from ..format.blob import write_mean
+    from ..format.sniff import describe_bytes
+
     try:
         arr = np.load(args.npy, allow_pickle=False)
     except (ValueError, EOFError) as exc:

@@ -1,6 +1,4 @@
 """The ``merge`` command: ``caffe-lmdb merge OUT IN1 IN2 ...`` (see :mod:`caffe_lmdb.merging`)."""
-from ..write.merge import merge
-from ..write.salvage import salvage
 from .convert import flag, with_progress
 
 
@@ -28,6 +26,8 @@ def register(sub):
 
 
 def _merge(args):
+    from ..write.merge import merge
+
     summary = with_progress(args, "merge", lambda progress: merge(
         args.out, args.inputs, overwrite=args.overwrite, progress=progress))
     if not args.quiet:
@@ -36,6 +36,8 @@ def _merge(args):
 
 
 def _salvage(args):
+    from ..write.salvage import salvage
+
     report = salvage(args.db, args.out, overwrite=args.overwrite)
     print(report)
     return 0

@@ -1,5 +1,4 @@
 """The ``migrate`` command: ``caffe-lmdb migrate SRC DST`` (see :mod:`caffe_lmdb.write.migrate`)."""
-from .. import migrate
 from .convert import backend_arg, flag, with_progress
 
 
@@ -20,6 +19,8 @@ def register(sub):
 
 
 def _migrate(args):
+    from ..write.migrate import migrate
+
     summary = with_progress(args, "migrate", lambda progress: migrate(
         args.src, args.dst, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
         progress=progress))

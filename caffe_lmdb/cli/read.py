@@ -6,13 +6,6 @@ spellings (``-backend=leveldb``, ``--backend LEVELDB``), as compute_image_mean d
 import os
 import re
 
-import numpy as np
-
-from .. import plot_stats
-from ..format.blob import write_mean
-from ..tools import dbinfo as _inspect
-from ..tools import features as _features
-from ..tools.mean import channel_means, compute_mean
 from .convert import backend_arg, with_progress
 
 
@@ -82,6 +75,9 @@ def preprocess(argv):
 
 
 def _info(args):
+    from ..tools import dbinfo as _inspect
+    from ..tools.show import plot_stats
+
     report = with_progress(args, "info", lambda progress: _inspect.info(
         args.db, decode_images=args.decode, progress=progress, backend=args.backend))
     print(report)
@@ -93,6 +89,8 @@ def _info(args):
 
 
 def _verify(args):
+    from ..tools import dbinfo as _inspect
+
     report = with_progress(args, "verify", lambda progress: _inspect.verify(
         args.db, decode_images=args.decode, progress=progress, max_listed=args.max_listed,
         backend=args.backend))
@@ -108,6 +106,8 @@ def _verify(args):
 
 
 def _export(args):
+    from ..tools import dbinfo as _inspect
+
     n = with_progress(args, "export", lambda progress: _inspect.export(
         args.db, args.out, npz=args.npz, progress=progress, label_map=args.label_map,
         backend=args.backend))
@@ -118,6 +118,8 @@ def _export(args):
 
 
 def _features_cmd(args):
+    from ..tools import features as _features
+
     if args.out:
         shape, indices = with_progress(args, "features", lambda progress: (
             _features.features_to_npy(args.db, args.out, flat=args.flat, progress=progress,
@@ -140,6 +142,11 @@ def _features_cmd(args):
 
 
 def _compute_mean(args):
+    import numpy as np
+
+    from ..format.blob import write_mean
+    from ..tools.mean import channel_means, compute_mean
+
     if not args.out and not args.npy:
         args.out = "mean.binaryproto"
     mean = with_progress(args, "compute-mean", lambda progress: compute_mean(

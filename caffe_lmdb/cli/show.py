@@ -1,5 +1,4 @@
 """The show command: a contact sheet of a database's records, as a PNG."""
-from .. import contact_sheet
 from ..errors import OptionError
 
 
@@ -35,6 +34,8 @@ def register(sub):
 
 
 def _show(args):
+    from ..tools.show import contact_sheet
+
     if args.seed is not None and not args.shuffle:
         raise OptionError("--seed chooses the records of --shuffle: add --shuffle (or drop "
                           "--seed)")

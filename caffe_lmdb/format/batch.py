@@ -15,11 +15,12 @@ Errors name the record (its key when the caller passes the keys) and are raised 
 """
 from __future__ import annotations
 
+import io
 import os
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,8 +29,11 @@ from . import cv
 from .datum import decode, fields_to_array, parse_datum, shape_of
 from .imagesize import DEFAULT_MAX_PIXELS
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
 __all__ = ["BatchDecoder", "decode_batch", "image_pool", "record_shape", "MIXED_SHAPES_FIX",
-           "CHANNEL_ORDERS", "LAYOUTS"]
+           "CHANNEL_ORDERS", "LAYOUTS", "JoinedValues", "ValueJoiner"]
 
 CHANNEL_ORDERS = ("BGR", "RGB")
 LAYOUTS = ("CHW", "HWC")
@@ -58,6 +62,8 @@ class _Pool:
     def get(self) -> ThreadPoolExecutor:
         with self.lock:
             if self.executor is None or self.pid != os.getpid():
+                from concurrent.futures import ThreadPoolExecutor  # (imports logging: lazily)
+
                 self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                                    thread_name_prefix="caffe_lmdb-decode")
                 self.pid = os.getpid()
@@ -168,14 +174,111 @@ def _tail_labels(tails, tail_len, head_label, equal):
     return labels
 
 
-def _decode_uniform(buffers, f0, out, labels_out, dtype):
+_STAGE_MIN_BYTES = 1 << 20
+
+
+class JoinedValues(Sequence):
+    """Records joined end to end in one buffer, with their sizes: a read-only sequence of the
+    records (memoryviews into the buffer), which :class:`BatchDecoder` decodes without joining
+    them again. Made by :class:`ValueJoiner`; valid until its next ``take``."""
+
+    __slots__ = ("buffer", "sizes", "_offsets")
+
+    def __init__(self, buffer, sizes):
+        self.buffer, self.sizes, self._offsets = buffer, sizes, None
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def offsets(self):
+        """Where each record starts in ``buffer`` (an int64 array)."""
+        if self._offsets is None:
+            ends = np.cumsum(self.sizes, dtype=np.int64)
+            self._offsets = ends - np.asarray(self.sizes, np.int64)
+        return self._offsets
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self.sizes))[i]
+        start = int(self.offsets()[i])
+        return self.buffer[start:start + self.sizes[i]]
+
+
+class ValueJoiner:
+    """Joins the records a cursor yields into one buffer as they come, reused from call to call.
+
+    ``take(values, k)`` writes each value into a ``BytesIO`` and keeps its size (the sizes
+    are what ``BytesIO.write`` returns, so the loop runs in C and each value is released as
+    soon as it is copied, while it is still in the CPU cache). On small records this costs
+    less than gathering them in a list and joining the list, and the buffer, kept from call to
+    call, is not fresh memory (whose first touch costs a page fault per 4 KiB). A view of the
+    previous buffer still alive (an exception's traceback) keeps it from being rewritten: a
+    new one is then taken."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+
+    def take(self, values: Iterator, k: int) -> JoinedValues:
+        """At most ``k`` values of the iterator ``values``, joined."""
+        buffer = self.buffer
+        try:
+            buffer.seek(0)
+            buffer.write(b"")  # raises BufferError while a view of the last join is alive
+        except BufferError:
+            self.buffer = buffer = io.BytesIO()
+        sizes = list(map(buffer.write, islice(values, k)))
+        end = buffer.tell()
+        buffer.write(_PAD)  # room for the vectorized decoder's window past the last record
+        return JoinedValues(buffer.getbuffer()[:end + _TAIL], sizes)
+
+
+class _Stage:
+    """Buffers that batches of records are joined into, reused from batch to batch (fresh
+    memory costs a page fault per 4 KiB on its first touch, which on small records cost as
+    much as the rest of the decoding)."""
+
+    def __init__(self):
+        self.joiner = ValueJoiner()
+        self.rows = np.empty((0, 0), _U8)
+
+    def join(self, parts):
+        joined = self.joiner.take(iter(parts), len(parts))
+        return joined.buffer[:-_TAIL]
+
+    def gather(self, joined, lengths, width):
+        """The records of ``joined`` (a JoinedValues) as rows of ``width`` bytes (each padded
+        with the bytes that follow it), in a reused array: one strided copy per run of records
+        of one size (records sorted by label come in long runs), else one gather."""
+        n = len(lengths)
+        rows = self.rows
+        if rows.shape[1] != width or len(rows) < n:
+            self.rows = rows = np.empty((max(n, len(rows)), width), _U8)
+        rows = rows[:n]
+        base = np.frombuffer(joined.buffer, _U8)
+        offsets = joined.offsets()
+        starts = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
+        if len(starts) <= n // 64:
+            bounds = [0, *starts.tolist(), n]
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                rows[a:b] = np.ndarray((b - a, width), _U8, base, int(offsets[a]),
+                                       (int(lengths[a]), 1))
+        else:
+            window = np.lib.stride_tricks.as_strided(base, (len(base) - width + 1, width),
+                                                     (1, 1), writeable=False)
+            rows[:] = window[offsets]  # (np.take would first copy the whole window)
+        return rows
+
+
+def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     """Vectorized decode of records that share the header of the first (same fields and shape
     up to the payload) and end in one of Caffe's usual tails. One join (records whose lengths
     differ, e.g. labels of 1 and 2 bytes, padded to one width), one strided view, one comparison
     of the headers, one copy of the payloads (split across cores when large).
     Returns False when any record differs, or the first is bad: the caller then parses (and
     writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when
-    not None, is the dtype every record must hold."""
+    not None, is the dtype every record must hold. ``stage``: a :class:`_Stage` to join the
+    records into."""
     try:
         shape = shape_of(f0)
     except DatumDecodeError:
@@ -195,23 +298,32 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype):
     if shape != out.shape[1:] or out[0].size != (size if f0.data is not None else count):
         return False
     n = len(buffers)
-    lengths = np.fromiter(map(len, buffers), np.int64, n)
+    joined = isinstance(buffers, JoinedValues)
+    sizes = buffers.sizes if joined else list(map(len, buffers))
+    width = tail_at + _TAIL
+    equal = sizes.count(sizes[0]) == n
+    lengths = np.full(n, sizes[0], np.int64) if equal else np.array(sizes, np.int64)
     tail_len = lengths - tail_at
     if tail_len.min() < 0 or tail_len.max() > _TAIL:
         return False
-    width = tail_at + _TAIL
-    equal = bool((lengths == lengths[0]).all())
-    if equal:  # rows one record apart; the padding keeps the last row's tail window in range
-        joined = b"".join([*buffers, _PAD])
-        stride = int(lengths[0])
-    else:  # each record padded with zeros to one width: rows are again one stride apart
+    if joined and equal:  # already joined, and padded at the end
+        source = buffers.buffer
+        rows = np.ndarray((n, width), _U8, source, 0, (sizes[0], 1))
+    elif joined and stage is not None:  # joined, of different sizes: the rows gathered
+        rows = source = stage.gather(buffers, lengths, width)
+    elif equal:  # rows one record apart; the padding keeps the last row's tail window in range
+        parts = [*buffers, _PAD]
+        # (a join of a MiB or more goes into the stage: fresh memory that size costs faults)
+        big = stage is not None and n * sizes[0] >= _STAGE_MIN_BYTES
+        source = stage.join(parts) if big else b"".join(parts)
+        rows = np.ndarray((n, width), _U8, source, 0, (sizes[0], 1))
+    else:  # each record padded with zeros to one width
         parts = [_PAD] * (2 * n)
         parts[::2] = buffers
-        parts[1::2] = [_PADS[k] for k in (width - lengths).tolist()]
-        joined = b"".join(parts)
-        stride = width
-    rows = np.ndarray((n, width), _U8, joined, 0, (stride, 1))
-    source = joined
+        parts[1::2] = map(_PADS.__getitem__, (width - lengths).tolist())
+        source = b"".join(parts)
+        rows = np.ndarray((n, width), _U8, source)
+    stride = rows.strides[0]
     if not (rows[:, :head] == rows[0, :head]).all():
         return False
     labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label, equal)
@@ -311,6 +423,7 @@ class BatchDecoder:
         self.max_pixels = max_pixels
         self._encoded_shape: tuple | None = None
         self._scratch: dict = {}
+        self._stages: list = []  # _Stage objects not in use (one per thread decoding)
 
     # -- one record ---------------------------------------------------------------------------
 
@@ -343,7 +456,7 @@ class BatchDecoder:
         """
         chunks = iter(values) if chunked else iter([values])
         first = next(chunks)
-        first = first if isinstance(first, list) else list(first)
+        first = first if isinstance(first, (list, JoinedValues)) else list(first)
         if n is None:
             if chunked:
                 raise ValueError("decode(chunked=True) needs n")
@@ -356,7 +469,8 @@ class BatchDecoder:
             raise DatumDecodeError(f"{_record_name(keys, 0)}: {exc}") from exc
         if f0.encoded:
             rest = [v for chunk in chunks for v in chunk]
-            return self._decode_encoded(first + rest if rest else first, keys, out, labels_out)
+            return self._decode_encoded(list(first) + rest if rest else first, keys, out,
+                                        labels_out)
         shape = shape_of(f0)
         pixels = f0.data is not None and bool(f0.data[1])
         native = _U8 if pixels else np.dtype(np.float32)
@@ -376,8 +490,10 @@ class BatchDecoder:
                         f"{_record_name(keys, a)} has shape {here}, but the batch's first "
                         f"record, {_record_name(keys, 0)}, has {shape}: {MIXED_SHAPES_FIX}")
             target = images[a:b] if direct else self._scratch_for((b - a,) + shape, native)
+            stage = self._stages.pop() if self._stages else _Stage()
             _decode_plain(chunk, target, labels[a:b], self.color, self.max_pixels,
-                          _Offset(keys, a) if keys is not None and a else keys, require)
+                          _Offset(keys, a) if keys is not None and a else keys, require, stage)
+            self._stages.append(stage)
             if not direct:
                 self._arrange(target, images[a:b], pixels)
             a = b
@@ -485,9 +601,9 @@ class BatchDecoder:
         return images, labels
 
 
-def _decode_plain(buffers, out, labels_out, color, max_pixels, keys, require):
+def _decode_plain(buffers, out, labels_out, color, max_pixels, keys, require, stage=None):
     """Raw and float records into ``out`` (N, C, H, W); ``require``: the dtype every record
-    must hold (None: any, cast into out)."""
+    must hold (None: any, cast into out); ``stage``: see _decode_uniform."""
     n = len(buffers)
     try:
         f0 = parse_datum(buffers[0])
@@ -495,7 +611,7 @@ def _decode_plain(buffers, out, labels_out, color, max_pixels, keys, require):
     except DatumDecodeError as exc:
         raise DatumDecodeError(f"{_record_name(keys, 0)}: {exc}") from exc
     if n > 1 and len(buffers[0]) <= (1 << 16) \
-            and _decode_uniform(buffers, f0, out, labels_out, require):
+            and _decode_uniform(buffers, f0, out, labels_out, require, stage):
         return
     out[0] = first
     labels_out[0] = f0.label

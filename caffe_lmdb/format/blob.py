@@ -3,11 +3,15 @@ BlobProto that ``transform_param { mean_file }`` reads and compute_image_mean wr
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DatumDecodeError
-from .datum import BlobProto, BlobProtoVector
+from .datum import messages
+
+if TYPE_CHECKING:
+    from .proto import BlobProto
 
 __all__ = ["array_to_blobproto", "blobproto_to_array", "arraylist_to_blobprotovector_str",
            "blobprotovector_str_to_arraylist", "read_mean", "write_mean", "mean_bytes"]
@@ -16,7 +20,7 @@ __all__ = ["array_to_blobproto", "blobproto_to_array", "arraylist_to_blobprotove
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> BlobProto:
     """An N-D array to a BlobProto with ``shape.dim`` (as pycaffe does); data as float32."""
     arr = np.asarray(arr)
-    blob = BlobProto()
+    blob = messages().BlobProto()
     blob.shape.dim.extend(arr.shape)
     blob.data.extend(arr.astype(np.float32).ravel())
     if diff is not None:
@@ -40,14 +44,14 @@ def blobproto_to_array(blob: BlobProto, return_diff: bool = False) -> np.ndarray
 
 def arraylist_to_blobprotovector_str(arraylist: list[np.ndarray]) -> bytes:
     """A list of arrays to serialized BlobProtoVector bytes."""
-    vec = BlobProtoVector()
+    vec = messages().BlobProtoVector()
     vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
     return vec.SerializeToString()
 
 
 def blobprotovector_str_to_arraylist(str_: bytes) -> list[np.ndarray]:
     """Serialized BlobProtoVector bytes to a list of arrays."""
-    vec = BlobProtoVector()
+    vec = messages().BlobProtoVector()
     try:
         vec.ParseFromString(str_)
     except Exception as exc:  # protobuf's DecodeError
@@ -63,7 +67,7 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     with open(path, "rb") as f:
         raw = f.read()
-    blob = BlobProto()
+    blob = messages().BlobProto()
     try:
         blob.ParseFromString(raw)
         arr = blobproto_to_array(blob)
@@ -76,7 +80,11 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
 
 def mean_bytes(array: np.ndarray) -> bytes:
     """Serialized BlobProto of a mean, exactly as compute_image_mean writes it: the legacy shape
-    fields num = 1, channels, height, width and the values as packed float32 ``data``."""
+    fields num = 1, channels, height, width and the values as packed float32 ``data``.
+
+    Written directly in the wire format, field by field in number order as protobuf does (the
+    tests compare it with protobuf's own serialization and with Caffe's files), so that writing
+    a mean does not import the protobuf runtime."""
     arr = np.asarray(array, dtype=np.float32)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -84,9 +92,24 @@ def mean_bytes(array: np.ndarray) -> bytes:
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"a mean is (C, H, W) or (1, C, H, W); got shape {arr.shape}")
-    blob = BlobProto(num=1, channels=arr.shape[0], height=arr.shape[1], width=arr.shape[2])
-    blob.data.extend(arr.ravel())
-    return blob.SerializeToString()
+    c, h, w = (int(v) for v in arr.shape)
+    if max(c, h, w) >= 1 << 31:
+        raise ValueError(f"a mean of shape {arr.shape} does not fit BlobProto's int32 fields")
+    values = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
+    parts = [b"\x08\x01", b"\x10", _varint(c), b"\x18", _varint(h), b"\x20", _varint(w)]
+    if values.size:  # a packed field with no values is left out
+        parts += [b"\x2a", _varint(values.nbytes), values.tobytes()]
+    return b"".join(parts)
+
+
+def _varint(value):
+    """Protobuf varint of a non-negative int."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def write_mean(array: np.ndarray, path: str | os.PathLike) -> None:

@@ -6,19 +6,22 @@ given bytes it reads nothing.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from ..errors import EncodeError, ImageReadError
 from . import cv
-from .datum import Datum, datum_bytes
+from .datum import datum_bytes, messages
 from .sniff import image_format
 
-__all__ = ["read_image", "encode_image", "encode_array", "image_to_datum", "extension_of",
-           "extension_matches", "resize_to"]
+__all__ = ["read_file", "read_image", "encode_image", "encode_array", "image_to_datum",
+           "extension_of", "extension_matches", "resize_to"]
 
 _U8 = np.dtype(np.uint8)
+if TYPE_CHECKING:
+    from .proto import Datum
+
 PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]  # noqa: UP007 (runtime)
 
 
@@ -41,23 +44,33 @@ def resize_to(resize):
     return (h, w) if h > 0 and w > 0 else None
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file; ImageReadError naming it when it cannot be read."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageReadError(f"could not read image {name}: {exc.strerror}", name) from exc
+
+
 def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
-               resize: tuple[int, int] | None = None) -> tuple[np.ndarray, bytes, str | None]:
+               resize: tuple[int, int] | None = None, data: bytes | None = None
+               ) -> tuple[np.ndarray, bytes, str | None]:
     """Decode an image as Caffe's ReadImageToCVMat: BGR (or gray), bilinear resize to (H, W).
 
     Returns ``(image, file_bytes, name)``: the H x W (x 3) array, the undecoded bytes and the name
-    used for the extension rule (None for bytes input). Raises ImageReadError.
+    used for the extension rule (None for bytes input). ``data``: the file's bytes, already
+    read (the path then only names it). Raises ImageReadError.
     """
     cv2 = cv.cv2()
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         blob, name = bytes(path_or_bytes), None
+    elif data is not None:
+        blob, name = data, os.fspath(path_or_bytes)
     else:
         name = os.fspath(path_or_bytes)
-        try:
-            with open(name, "rb") as f:
-                blob = f.read()
-        except OSError as exc:
-            raise ImageReadError(f"could not read image {name}: {exc.strerror}", name) from exc
+        blob = read_file(name)
     flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
     img = cv2.imdecode(np.frombuffer(blob, _U8), flag) if blob else None
     if img is None:
@@ -71,7 +84,7 @@ def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
 
 def encode_image(path_or_bytes: PathOrBytes, label: int | None,
                  resize: tuple[int, int] | None = None, gray: bool = False,
-                 encode: bool | str | None = None) -> bytes:
+                 encode: bool | str | None = None, data: bytes | None = None) -> bytes:
     """Serialized Datum for one image file, byte-identical to Caffe's convert_imageset.
 
     * ``encode=None``: a raw record, planar C x H x W BGR (C = 1 with ``gray``), fields channels,
@@ -86,9 +99,10 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
       from the gray image. (Caffe's pass-through keeps the colour file under ``--gray``.)
 
     As in Caffe, the image is decoded even when its bytes are passed through, so an unreadable
-    file raises :class:`~caffe_lmdb.errors.ImageReadError` in every mode.
+    file raises :class:`~caffe_lmdb.errors.ImageReadError` in every mode. ``data``: the
+    file's bytes when the caller has read them (the path then only names the file).
     """
-    img, blob, name = read_image(path_or_bytes, gray=gray, resize=resize)
+    img, blob, name = read_image(path_or_bytes, gray=gray, resize=resize, data=data)
     if not encode:
         chw = np.ascontiguousarray(cv.hwc_to_chw(img))
         c, h, w = chw.shape
@@ -144,7 +158,7 @@ def image_to_datum(path_or_bytes: PathOrBytes, label: int | None,
                    resize: tuple[int, int] | None = None, gray: bool = False,
                    encode: bool | str | None = None) -> Datum:
     """A Datum message for one image, with Caffe's exact semantics (see :func:`encode_image`)."""
-    datum = Datum()
+    datum = messages().Datum()
     datum.ParseFromString(encode_image(path_or_bytes, label, resize=resize, gray=gray,
                                        encode=encode))
     return datum

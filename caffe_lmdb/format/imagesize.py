@@ -197,9 +197,45 @@ def declared_size(image):
     return _inspect(image)[0]
 
 
+def _jpeg_bytes(buf):
+    """_jpeg on the bytes of a whole file: the same walk over the segments, by indexing (a
+    converter checks every image it reads: the file-like walk cost more than the decoding of
+    a small JPEG)."""
+    pos, end = 2, len(buf)
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        if pos >= end or buf[pos] != 0xFF:
+            return None
+        pos += 1
+        marker = 0xFF
+        while marker == 0xFF:  # fill bytes
+            if pos >= end:
+                return None
+            marker = buf[pos]
+            pos += 1
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or start of scan before any frame header
+            return None
+        if pos + 2 > end:
+            return None
+        length = (buf[pos] << 8) | buf[pos + 1]
+        pos += 2
+        if marker in _JPEG_SOF:
+            if pos + 5 > end:
+                return None
+            h, w = struct.unpack(">HH", buf[pos + 1:pos + 5])
+            return w, h
+        if length < 2:
+            return None
+        pos += length - 2
+    return None
+
+
 def _inspect(image):
     """(declared size or None, damage found or None) of a path or bytes."""
     if isinstance(image, (bytes, bytearray, memoryview)):
+        if bytes(image[:2]) == b"\xff\xd8":
+            return _jpeg_bytes(image), None
         return _read_header(io.BytesIO(image), len(image))
     try:
         st = os.stat(image)
@@ -245,7 +281,7 @@ def _png_damage(f, total):
     return None
 
 
-def check_image(image, max_pixels=DEFAULT_MAX_PIXELS):
+def check_image(image, max_pixels=DEFAULT_MAX_PIXELS, name=None):
     """Check an image before it is decoded (``image``: a path, or the bytes of a file):
 
     * :class:`~caffe_lmdb.errors.ImageTooLargeError` when its header declares more than
@@ -253,10 +289,12 @@ def check_image(image, max_pixels=DEFAULT_MAX_PIXELS):
     * :class:`~caffe_lmdb.errors.ImageReadError` when it is a PNG with a chunk longer than
       the file (OpenCV would allocate that length, up to 4 GB, before failing).
 
-    Only headers are read (see :func:`declared_size` for the formats)."""
+    Only headers are read (see :func:`declared_size` for the formats). ``name``: what to
+    call the image in messages (by default its path, or its size for bytes)."""
     size, damage = _inspect(image)
-    name = f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray, memoryview)) \
-        else os.fspath(image)
+    if name is None:
+        name = f"<{len(image)} bytes>" if isinstance(image, (bytes, bytearray, memoryview)) \
+            else os.fspath(image)
     if damage is not None:
         raise ImageReadError(f"could not decode image {name}: {damage}", name)
     if not max_pixels or size is None:

@@ -4,6 +4,21 @@
   Caffe's extract_features and this package's ``write_arrays`` write): nothing is stored.
 * :class:`PackedKeys`: any keys, as one bytes object and an array of end offsets, so a forked
   DataLoader worker does not copy the index page by page as reference counts are touched.
+
+Opening without reading every key (:func:`probe_dense`): when the first and last keys are
+``%0Wd`` numbers ``a`` and ``b`` of one width and LMDB's entry count is ``b - a + 1``, the keys
+are *presumably* the dense run ``a .. b``. Presumably only: a key such as ``00000005x`` or
+``0000001`` sorts between two numbers, and with one number missing the count still matches, so
+that every position after the foreign key would name the wrong record. No O(log n) look at the
+database can rule that out (LMDB keeps no ranks), so the presumption is checked before it is
+relied on: :attr:`DenseKeys.checked` counts the leading positions whose keys were seen to be
+exactly ``a, a + 1, ...`` in key order, and the reader uses position ``i`` of an unchecked run
+only once ``i < checked``. A sequential pass checks the keys it reads as it goes (one
+comparison of a block's joined keys with the expected bytes, :func:`run_bytes`); random access
+first checks the prefix it needs with a keys-only scan (:func:`check_prefix`). When a check
+fails, the reader replaces the index with a full scan (:func:`scan_keys`) and goes on from
+there: positions before the failure were checked, so no record is ever given for the wrong
+position.
 """
 from __future__ import annotations
 
@@ -16,18 +31,31 @@ import numpy as np
 from ..format.keys import index_key
 
 __all__ = ["DenseKeys", "PackedKeys", "KeysAt", "RangeKeys", "scan_keys", "position",
-           "powers_of_ten"]
+           "powers_of_ten", "probe_dense", "check_prefix", "run_bytes", "MAX_DENSE_WIDTH"]
+
+#: widest dense key handled (numbers up to 10**18 fit an int64)
+MAX_DENSE_WIDTH = 18
 
 _SCAN_CHUNK = 1 << 14
 
 
 class DenseKeys(Sequence):
-    """Keys that are exactly ``%0Wd`` of start, start + 1, ...: nothing is stored."""
+    """Keys that are exactly ``%0Wd`` of start, start + 1, ...: nothing is stored.
 
-    __slots__ = ("width", "start", "count")
+    ``checked``: how many leading positions are known to hold exactly these keys (``count``
+    for an index built by a full scan; fewer for one presumed by :func:`probe_dense`, see the
+    module docstring)."""
 
-    def __init__(self, width, start, count):
+    __slots__ = ("width", "start", "count", "checked")
+
+    def __init__(self, width, start, count, checked=None):
         self.width, self.start, self.count = width, start, count
+        self.checked = count if checked is None else checked
+
+    @property
+    def complete(self):
+        """True when every position is checked (the index can be trusted as it is)."""
+        return self.checked >= self.count
 
     def __len__(self):
         return self.count
@@ -50,6 +78,10 @@ class DenseKeys(Sequence):
             if 0 <= i < self.count:
                 return i
         return None
+
+    def run(self, position, k):
+        """The keys of positions ``position .. position + k - 1`` joined (see run_bytes)."""
+        return run_bytes(self.start + position, k, self.width)
 
     @property
     def nbytes(self):
@@ -91,6 +123,77 @@ class PackedKeys(Sequence):
     @property
     def nbytes(self):
         return len(self.blob) + self.ends.nbytes
+
+
+_TABLE = None  # "0000" .. "9999" as a (10000, 4) array of ASCII digits, made on first use
+
+
+def _table():
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = ((np.arange(10000)[:, None] // powers_of_ten(4)) % 10 + 48).astype(np.uint8)
+    return _TABLE
+
+
+def run_bytes(first, k, width):
+    """``b"".join(b"%0*d" % (width, x) for x in range(first, first + k))``, made with a few
+    NumPy copies (the last four digits come from a table, the others change every 10,000)."""
+    out = np.empty((k, width), np.uint8)
+    low = min(width, 4)
+    base = 10 ** low
+    table = _table()[:, 4 - low:]
+    i, x = 0, first
+    while i < k:
+        high, rest = divmod(x, base)
+        m = min(k - i, base - rest)
+        out[i:i + m, width - low:] = table[rest:rest + m]
+        if width > low:
+            out[i:i + m, :width - low] = np.frombuffer(b"%0*d" % (width - low, high), np.uint8)
+        i += m
+        x += m
+    return out.tobytes()
+
+
+def probe_dense(txn):
+    """A :class:`DenseKeys` presumed from the ends of the database, in O(log n): when its first
+    and last keys are ``%0Wd`` numbers ``a``, ``b`` of one width and it holds ``b - a + 1``
+    entries. Only position 0 is checked (see the module docstring). None otherwise, or when the
+    engine cannot tell its bounds cheaply."""
+    bounds = getattr(txn, "bounds", None)
+    found = bounds() if bounds is not None else None
+    if found is None:
+        return None
+    entries, first, last = found
+    width = len(first)
+    if not (0 < width <= MAX_DENSE_WIDTH and len(last) == width and first.isdigit()
+            and last.isdigit()):
+        return None
+    start = int(first)
+    if int(last) - start + 1 != entries:
+        return None
+    return DenseKeys(width, start, entries, checked=1)
+
+
+def check_prefix(txn, index, stop):
+    """Extend ``index.checked`` (a DenseKeys) to at least ``stop`` with a keys-only scan from
+    the last checked key. True when the keys are as presumed; False when one is not (the
+    index is then wrong from ``index.checked`` on: rebuild it with scan_keys)."""
+    stop = min(stop, index.count)
+    if index.checked >= stop:
+        return True
+    at = index.checked
+    it = txn.iter_keys(index[at - 1])  # the last checked key: its successor must be key `at`
+    if it is None:
+        return False
+    next(it, None)
+    while at < stop:
+        k = min(_SCAN_CHUNK, index.count - at)  # check to the end of the chunk
+        keys = list(islice(it, k))
+        if len(keys) != k or b"".join(keys) != index.run(at, k):
+            return False
+        at += k
+        index.checked = at
+    return True
 
 
 def powers_of_ten(width):
@@ -142,7 +245,7 @@ def scan_keys(txn):
     if not blobs:
         return PackedKeys(b"", np.zeros(0, np.int64))
     if dense:
-        return DenseKeys(width, start, nxt - start)
+        return DenseKeys(width, start, nxt - start)  # every key seen: checked
     lens = np.concatenate(lengths)
     blob = b"".join(blobs)
     ends = np.cumsum(lens, dtype=np.uint32 if len(blob) < (1 << 32) else np.int64)

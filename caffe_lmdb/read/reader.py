@@ -36,6 +36,7 @@ import builtins
 import contextlib
 import os
 import sys
+import threading
 from itertools import islice
 from operator import itemgetter
 
@@ -43,14 +44,20 @@ import numpy as np
 
 from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
 from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, unwrap_datum
-from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, record_shape
+from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, ValueJoiner, record_shape
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import backend_name, detect_backend, open_reader
 from ..storage.leveldb import is_read_only, lmdb_cache
-from .keyindex import KeysAt, RangeKeys, position, scan_keys
+from .keyindex import DenseKeys, KeysAt, RangeKeys, check_prefix, position, probe_dense, scan_keys
 
 __all__ = ["open", "as_db", "DatumDB"]
+
+#: values up to this size are read as bytes objects, not as buffers into the map: for small
+#: records creating a bytes object costs less than py-lmdb's buffer object
+_SMALL_VALUE = 16 << 10
+#: bytes of records a sequential pass decodes at once (see DatumDB._block_batches)
+_BLOCK_BYTES = 2 << 20
 
 
 def _low_memory_step(n):
@@ -95,7 +102,8 @@ def _check_path(path, backend=None):
 
 
 def _check_first_record(path, key, value):
-    """Raise NotADatumDBError when the first value is not a Datum with pixels or floats."""
+    """Raise NotADatumDBError when the first value is not a Datum with pixels or floats;
+    else return whether it is encoded."""
     where = f"{path}: the value of key {show_key(key)}"
     try:
         f = parse_datum(value)
@@ -107,7 +115,7 @@ def _check_first_record(path, key, value):
     if f.encoded:
         if f.data is None or not f.data[1]:
             raise NotADatumDBError(f"{where} is an encoded Datum without data")
-        return
+        return True
     if f.data is not None and f.data[1]:
         count, what = f.data[1], "bytes of data"
     elif f.floats:
@@ -120,6 +128,7 @@ def _check_first_record(path, key, value):
         raise NotADatumDBError(f"{where} is not a valid Datum: {count} {what} for a shape of "
                                f"{f.channels} x {f.height} x {f.width}; it looks like "
                                f"{describe_bytes(value)}")
+    return False
 
 
 class _Recycler:
@@ -213,12 +222,16 @@ class DatumDB:
         self._store = self._open_store()
         self._index = None
         self._kind = None
+        self._small = True
+        self._first = (0, False)  # (value size, encoded) of the first record
         self._expected_len = None
         self._epoch = 0
         self._decoder = BatchDecoder(layout=self.layout, channel_order=self.channel_order,
                                      dtype=self.dtype, color=self.color)
         self._recycler = _Recycler()  # image arrays
         self._label_recycler = _Recycler()
+        self._block_recyclers = (_Recycler(), _Recycler())  # blocks of batches (_blocks)
+        self._local = threading.local()  # a ValueJoiner per thread (see _joiner)
 
     # -- pickling: path and options only; reopened lazily where unpickled --------------------
 
@@ -327,11 +340,13 @@ class DatumDB:
 
     def _load(self):
         with self.begin(buffers=False) as txn:  # refresh() after a writer grew the map, too
-            index = scan_keys(txn)
+            # keys %0Nd of a run: O(log n), checked as positions are used (see keyindex)
+            index = probe_dense(txn) or scan_keys(txn)
             kind = "datum"
             if len(index):
                 key = index[0]
                 value = txn.get(key)
+                self._small = len(value) <= _SMALL_VALUE
                 if is_annotated(value):  # SSD-Caffe's AnnotatedDatum: check its Datum
                     kind = "annotated"
                     try:
@@ -340,7 +355,8 @@ class DatumDB:
                         raise NotADatumDBError(f"{self.path}: the value of key {show_key(key)} "
                                                f"is not a Datum nor an AnnotatedDatum ({exc}); "
                                                f"it looks like {describe_bytes(value)}") from None
-                _check_first_record(self.path, key, value)
+                encoded = _check_first_record(self.path, key, value)
+                self._first = (len(value), encoded)
         if self._expected_len is not None and len(index) != self._expected_len:
             raise NotADatumDBError(
                 f"{self.path} changed since it was opened: it had {self._expected_len} records "
@@ -362,10 +378,32 @@ class DatumDB:
             return values
         return [unwrap_datum(v) if v[:1] == b"\x0a" else v for v in values]
 
-    def _keys(self):
+    def _unchecked(self):
+        """The key index, possibly a presumed dense run whose positions from
+        ``index.checked`` on are not checked yet: for the sequential readers, which check the
+        keys they read (see _gather_chunks) and for the length (LMDB's own count)."""
         if self._index is None:
             self._load()
         return self._index
+
+    def _keys(self, stop=None):
+        """The key index, every position before ``stop`` (default: all) checked."""
+        index = self._unchecked()
+        if isinstance(index, DenseKeys) and index.checked < (stop or index.count):
+            with self.begin(buffers=False) as txn:
+                if not check_prefix(txn, index, stop or index.count):
+                    index = self._rescan(txn, index)
+        return index
+
+    def _rescan(self, txn, presumed):
+        """The presumed dense index was wrong: the full scan's index replaces it."""
+        index = scan_keys(txn)
+        if len(index) != len(presumed):
+            raise NotADatumDBError(f"{self.path} changed since it was opened: {len(presumed)} "
+                                   f"records then, {len(index)} now (call refresh())")
+        self._index = index
+        return index
+
 
     def refresh(self):
         """Rebuild the key index (after records were added by a writer)."""
@@ -389,7 +427,7 @@ class DatumDB:
     # -- the sequence of records ------------------------------------------------------------
 
     def __len__(self):
-        return len(self._keys())
+        return len(self._unchecked())  # LMDB's count: exact, checked keys or not
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items()
@@ -423,8 +461,8 @@ class DatumDB:
             raise TypeError(f"db[...] takes a position (an int); for the record with key "
                             f"{show_key(i)} use db.get({i!r}) (or db.index(key) for its "
                             "position)")
-        index = self._keys()
-        key = index[position(i, len(index))]
+        i = position(i, len(self))
+        key = self._keys(i + 1)[i]
         return self._get(key, missing=lambda: _changed(self.path, key))
 
     def get(self, key, default=None):
@@ -449,12 +487,13 @@ class DatumDB:
 
     def items(self):
         """``(key, image, label)`` for every record in key order."""
-        index = self._keys()
-        n = len(index)
+        n = len(self)
+        follow = _Follow()
         for start in range(0, n, 256):
             stop = min(n, start + 256)
-            with self.begin() as txn:
-                values = self._gather_range(txn, start, stop - start)
+            with self.begin(buffers=not self._small) as txn:
+                values = self._gather_range(txn, start, stop - start, follow)
+                index = self._keys(stop)  # the keys themselves, checked up to stop
                 decoded = [self._decode_one(v, index[start + j]) for j, v in enumerate(values)]
             for j, (image, label) in enumerate(decoded):
                 yield index[start + j], image, label
@@ -530,12 +569,17 @@ class DatumDB:
                 raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < "
                                  f"world_size, not {shard!r}")
             lo, hi = rank * n // world, (rank + 1) * n // world
+        if (positions is None and not reuse and transform is None and not boxes
+                and self.kind == "datum" and self._block_batches(batch_size) > 1):
+            yield from self._blocks(lo, hi, batch_size, drop_last)
+            return
+        follow = _Follow(lo)  # sequential: each batch's run goes on from the last one's key
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             if drop_last and stop - start < batch_size:
                 break
             if positions is None:
-                batch = self._read_range(start, stop - start, reuse, transform)
+                batch = self._read_range(start, stop - start, reuse, transform, follow)
             else:
                 batch = self._read_positions(positions[start:stop], fresh=False, reuse=reuse,
                                              transform=transform)
@@ -554,8 +598,8 @@ class DatumDB:
         if isinstance(i, (str, bytes)):
             key = _as_key(i)
         else:
-            index = self._keys()
-            key = index[position(int(i), len(index))]
+            i = position(int(i), len(self))
+            key = self._keys(i + 1)[i]
         with self.begin() as txn:
             value = txn.get(key)
             if value is None:
@@ -600,21 +644,62 @@ class DatumDB:
             rows = boxes_to_pixels(rows, w, h)
         return rows
 
-    def _read_range(self, start, count, reuse=False, transform=None):
-        keys = RangeKeys(self._keys(), start)
-        with self.begin() as txn:
+    def _block_batches(self, batch_size):
+        """Batches read and decoded at once by a sequential pass: small raw or float records
+        are decoded some 2 MiB at a time, since a batch of them costs less to decode than the
+        fixed cost of one decode call (the vectorized decoder's dozens of NumPy calls)."""
+        size, encoded = self._first
+        if encoded or not size:
+            return 1
+        return max(1, min(64, _BLOCK_BYTES // (batch_size * size)))
+
+    def _blocks(self, lo, hi, batch_size, drop_last):
+        """Sequential batches of positions lo .. hi - 1, read and decoded a block of several
+        batches at a time; each batch is a view of its block (which is recycled, as single
+        batches are, once no batch of it is referred to). A block whose records differ in
+        shape, or hold a bad record, is read again batch by batch, so that the batches before
+        the bad one come out and the error is the one a batch-by-batch pass raises."""
+        step = self._block_batches(batch_size) * batch_size
+        follow = _Follow(lo)
+        start = lo
+        while start < hi:
+            stop = min(hi, start + step)
+            if drop_last:
+                stop = start + (stop - start) // batch_size * batch_size
+                if stop == start:
+                    return
+            try:
+                images, labels = self._read_range(start, stop - start, follow=follow,
+                                                  recyclers=self._block_recyclers)
+            except (DatumDecodeError, ShapeMismatchError):
+                for a in range(start, stop, batch_size):
+                    yield self._read_range(a, min(stop, a + batch_size) - a)
+                follow = _Follow(-1)
+                step = batch_size  # shapes change along the database: no more blocks
+            else:
+                for a in range(0, stop - start, batch_size):
+                    yield images[a:a + batch_size], labels[a:a + batch_size]
+            start = stop
+
+    def _read_range(self, start, count, reuse=False, transform=None, follow=None,
+                    recyclers=None):
+        keys = RangeKeys(_Current(self), start)
+        # small values as bytes (cheaper than buffers), except in the low-memory mode, where
+        # buffers into the map keep a batch's values out of the process's memory
+        with self.begin(buffers=reuse or not self._small) as txn:
             if not reuse:
-                chunks = [self._gather_range(txn, start, count)]
+                chunks = [self._gather_range(txn, start, count, follow)]
             else:  # low-memory mode: gather and decode a third of the batch at a time
-                chunks = self._gather_chunks(txn, start, count, _low_memory_step(count))
+                chunks = self._gather_chunks(txn, start, count, _low_memory_step(count),
+                                             follow)
             return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse,
-                                       transform=transform)
+                                       transform=transform, recyclers=recyclers)
 
     def _read_positions(self, positions, fresh, reuse=False, transform=None):
         index = self._keys()
         order = np.argsort(positions, kind="stable")
         keys = index.take(positions[order])
-        with self.begin() as txn:
+        with self.begin(buffers=not self._small) as txn:
             found = list(map(txn.get, keys))  # read in key order (LMDB's pages in order)
             if None in found:
                 _changed(self.path, keys[found.index(None)])
@@ -629,45 +714,79 @@ class DatumDB:
             return self._decode_values(chunks, KeysAt(index, positions), len(values),
                                        fresh=fresh, reuse=reuse, transform=transform)
 
-    def _gather_chunks(self, txn, start, count, step):
-        """Like _gather_range, as successive lists of at most ``step`` values."""
-        index = self._keys()
-        first = index[start]
-        it = txn.iter_values(first)
-        if it is None:
-            _changed(self.path, first)
-        for a in range(0, count, step):
-            values = list(islice(it, min(step, count - a)))
-            if len(values) != min(step, count - a):
-                _changed(self.path, first)
-            yield self._inner(values)
+    def _gather_chunks(self, txn, start, count, step, follow=None, joiner=None):
+        """Like _gather_range, as successive lists of at most ``step`` values.
 
-    def _gather_range(self, txn, start, count):
-        """The values of positions start .. start + count - 1: one cursor run."""
-        return next(self._gather_chunks(txn, start, count, count))
+        ``follow`` (a :class:`_Follow`): a sequential pass's place. When it stopped at
+        ``start``, the values are taken from the key after the last one it read, which is
+        position ``start`` by construction: a sequential pass needs no key index (a presumed
+        dense one is never relied on). Otherwise the run starts after the key of position
+        ``start - 1``, from the index checked up to it (see keyindex). ``follow`` is left at
+        the end of the run. ``joiner``: a ValueJoiner to take each chunk with (else lists)."""
+        if not hasattr(txn, "run"):  # an engine without cursor runs: seek by the index
+            first = self._keys(start + 1)[start]
+            it = txn.iter_values(first)
+            if it is None:
+                _changed(self.path, first)
+            for values in _take(it, count, step, lambda: _changed(self.path, first), joiner):
+                yield self._inner(values)
+            return
+        if follow is not None and follow.stop == start:
+            after = follow.key  # None at position 0: from the first key
+        else:
+            after = self._keys(start)[start - 1] if start else None
+        run = txn.run(after)
+        if run is None:
+            _changed(self.path, after)
+        for values in _take(run.values, count, step,
+                            lambda: _changed(self.path, self._unchecked()[start]), joiner):
+            yield self._inner(values)
+        if follow is not None:
+            follow.stop, follow.key = start + count, run.key() if count else after
+
+    def _gather_range(self, txn, start, count, follow=None):
+        """The values of positions start .. start + count - 1: one cursor run; small values
+        joined (a :class:`~caffe_lmdb.format.batch.JoinedValues`, valid until this thread's
+        next gathering), large ones as buffers into the map (valid in ``txn``)."""
+        # small Datum values joined; large ones (and AnnotatedDatum, unwrapped) as buffers
+        joiner = self._joiner() if self._small and self.kind == "datum" else None
+        chunks = list(self._gather_chunks(txn, start, count, max(count, 1), follow, joiner))
+        return chunks[0] if chunks else []
+
+    def _joiner(self):
+        """This thread's ValueJoiner (a joined run is valid until the thread's next one)."""
+        joiner = getattr(self._local, "joiner", None)
+        if joiner is None:
+            joiner = self._local.joiner = ValueJoiner()
+        return joiner
 
     def value_chunks(self, chunk=1024, start=0, stop=None):
         """Yield ``(start_position, values)`` in key order: the serialized records of positions
-        ``start_position ..``, at most ``chunk`` at a time. The values are buffers that are
-        valid only until the next chunk is asked for (copy what you keep)."""
+        ``start_position ..``, at most ``chunk`` at a time. The values (a sequence of
+        buffers, joined in one) are valid only until the next chunk is asked for (copy what
+        you keep)."""
         n = len(self)
         stop = n if stop is None else min(stop, n)
+        follow = _Follow(start)
         for a in range(start, stop, chunk):
             b = min(stop, a + chunk)
-            with self.begin() as txn:
-                yield a, self._gather_range(txn, a, b - a)
+            with self.begin(buffers=not self._small) as txn:
+                yield a, self._gather_range(txn, a, b - a, follow)
 
-    def _decode_values(self, chunks, keys, n, fresh, reuse=False, transform=None):
-        """Decode ``n`` records, given as successive lists of values, into one batch."""
+    def _decode_values(self, chunks, keys, n, fresh, reuse=False, transform=None,
+                       recyclers=None):
+        """Decode ``n`` records, given as successive lists of values, into one batch.
+        ``recyclers``: (images, labels) recyclers other than the batches' (for blocks)."""
         if transform is not None:
             return self._transformed([v for chunk in chunks for v in chunk], keys, fresh, reuse,
                                      transform)
+        images_recycler, labels_recycler = recyclers or (self._recycler, self._label_recycler)
         if fresh:
             out = None
         else:
             def out(shape, dtype):
-                return self._recycler.get(shape, dtype, reuse)
-        labels = None if fresh else self._label_recycler.get((n,), np.dtype(np.int64), reuse)
+                return images_recycler.get(shape, dtype, reuse)
+        labels = None if fresh else labels_recycler.get((n,), np.dtype(np.int64), reuse)
         return self._decoder.decode(chunks, n, keys=keys, out=out, labels_out=labels,
                                     chunked=True)
 
@@ -703,14 +822,13 @@ class DatumDB:
         array to decode a chunk into (e.g. rows of a result); by default one array is reused,
         so a chunk is valid until the next is asked for.
         """
-        index = self._keys()
         decoder = BatchDecoder(layout=self.layout, channel_order=self.channel_order,
                                dtype=dtype or self.dtype, color=self.color)
         first_shape = None
         block = _Recycler(keep=1)
-        labels = np.empty(min(chunk, max(len(index), 1)), np.int64)
+        labels = np.empty(min(chunk, max(len(self), 1)), np.int64)
         for start, values in self.value_chunks(chunk):
-            keys = RangeKeys(index, start)
+            keys = RangeKeys(_Current(self), start)
             k = len(values)
             if first_shape is not None:
                 here = record_shape(values[0], keys[0])[0]
@@ -732,7 +850,8 @@ class DatumDB:
     def record_shape(self, i=0):
         """``(shape, dtype, encoded)`` of record ``i`` without decoding it (the shape of an
         encoded record is None: only decoding tells)."""
-        key = self._keys()[position(i, len(self))]
+        i = position(i, len(self))
+        key = self._keys(i + 1)[i]
         with self.begin() as txn:
             value = txn.get(key)
             if value is None:
@@ -742,6 +861,41 @@ class DatumDB:
 
 _DEFAULTS = dict(channel_order="BGR", layout="CHW", dtype=None, color=None, readahead=False,
                  lock=False, backend=None, cache=None)
+
+
+def _take(it, count, step, short, joiner=None):
+    """``count`` values of ``it`` as lists (or joined by ``joiner``) of at most ``step``;
+    ``short()`` raises when the iterator ends first (the database changed)."""
+    for a in range(0, count, step):
+        k = min(step, count - a)
+        values = list(islice(it, k)) if joiner is None else joiner.take(it, k)
+        if len(values) != k:
+            short()
+        yield values
+
+
+class _Follow:
+    """Where a sequential pass stopped: ``stop`` (the next position) and ``key`` (the key of
+    position ``stop - 1``). A pass that starts at position 0 starts from the first key; one
+    that starts elsewhere seeks its first run by the key index."""
+
+    __slots__ = ("stop", "key")
+
+    def __init__(self, start=0):
+        self.stop, self.key = (0, None) if start == 0 else (-1, None)
+
+
+class _Current:
+    """The database's key index as it is when a key is asked for (error messages name the
+    true key even after a presumed dense index was replaced mid-read)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db):
+        self.db = db
+
+    def __getitem__(self, i):
+        return self.db._unchecked()[i]
 
 
 def _as_key(key):

@@ -34,6 +34,13 @@ class ReadTxn(Protocol):
     def iter_items(self, first_key: bytes | None = None) -> Iterator[tuple[Any, Any]]:
         """``(key, value)`` pairs from ``first_key`` on (every pair when None), in key order."""
 
+    # Optional (an engine without them gets the reader's full key scan at open):
+    #   iter_keys(first_key) -> keys from first_key on (None when it is absent);
+    #   bounds() -> (entries, first key, last key) in O(log n), or None when empty;
+    #   run(after=None) -> a cursor run: .values iterates the values after key `after` (from
+    #       the first key when None), .key() is the key of the last value taken; None when
+    #       `after` is absent. Sequential readers continue from one run to the next by key.
+
     def __enter__(self) -> ReadTxn: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -62,6 +69,9 @@ class WriteStore(Protocol):
     last_key: bytes | None
 
     def put(self, key: bytes, value: bytes, replace: bool = False) -> None: ...
+
+    # Optional: put_many(keys, values, replace=False), many records at once (the bulk writers
+    # use it when present: write_arrays, DatumWriter).
 
     @property
     def batch_full(self) -> bool: ...

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from itertools import repeat
 
 import lmdb
 
@@ -212,15 +213,19 @@ if hasattr(os, "register_at_fork"):
 class LMDBTxn:
     """A read transaction seen through :class:`~caffe_lmdb.storage.base.ReadTxn`."""
 
-    __slots__ = ("txn", "get", "path")
+    __slots__ = ("txn", "get", "path", "env")
 
-    def __init__(self, txn, path=None):
+    def __init__(self, txn, path=None, env=None):
         self.txn = txn
+        self.env = env
         self.get = txn.get  # bound once: the random-read path calls it per record
         self.path = path
 
-    def iter_keys(self):
-        return self.txn.cursor().iternext(keys=True, values=False)
+    def iter_keys(self, first_key=None):
+        cursor = self.txn.cursor()
+        if first_key is not None and not cursor.set_key(first_key):
+            return None
+        return cursor.iternext(keys=True, values=False)
 
     def iter_values(self, first_key):
         cursor = self.txn.cursor()
@@ -234,6 +239,33 @@ class LMDBTxn:
             return iter(())
         return cursor.iternext(keys=True, values=True)
 
+    def run(self, after=None):
+        """A cursor run over the values of the keys after ``after`` (from the first key when
+        None): ``.values`` iterates them, ``.key()`` is the key of the last value taken. None
+        when ``after`` is absent."""
+        cursor = self.txn.cursor()
+        if after is not None:
+            if not cursor.set_key(after):
+                return None
+            if not cursor.next():
+                return _Run(cursor, iter(()))
+        elif not cursor.first():
+            return _Run(cursor, iter(()))
+        # iternext yields the current value first, then moves on
+        return _Run(cursor, cursor.iternext(keys=False, values=True))
+
+    def bounds(self):
+        """``(entries, first key, last key)`` of this view, from LMDB's statistics and the two
+        ends of the B-tree (O(log n)); None when the database is empty."""
+        txn = self.txn
+        entries = txn.stat(self.env.open_db(txn=txn, create=False))["entries"]
+        cursor = txn.cursor()
+        if not entries or not cursor.first():
+            return None
+        first = bytes(cursor.key())
+        cursor.last()
+        return entries, first, bytes(cursor.key())
+
     def __enter__(self):
         return self
 
@@ -241,6 +273,19 @@ class LMDBTxn:
         self.txn.abort()
         if isinstance(exc, DAMAGE_ERRORS):  # a bad page met while reading in this view
             raise DamagedDBError(damaged_message(self.path, exc)) from exc
+
+
+class _Run:
+    """A cursor run (see LMDBTxn.run)."""
+
+    __slots__ = ("cursor", "values")
+
+    def __init__(self, cursor, values):
+        self.cursor, self.values = cursor, values
+
+    def key(self):
+        """The key of the last value taken from ``values``."""
+        return bytes(self.cursor.key())
 
 
 class LMDBReader:
@@ -274,7 +319,7 @@ class LMDBReader:
         except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
             env.set_mapsize(0)
             txn = env.begin(buffers=buffers)
-        return LMDBTxn(txn, self.path)
+        return LMDBTxn(txn, self.path, env)
 
     def close(self):
         if self._env is not None and self._pid == os.getpid():
@@ -390,6 +435,41 @@ class LMDBWriter:
             self.last_key = key
         if self.hook is not None:
             self.hook("put")
+
+    def put_many(self, keys, values, replace=False):
+        """Put records whose keys (bytes) ascend, after every key in the database, in one
+        C-level loop (py-lmdb's ``putmulti``); the same checks, batching and map growth as
+        :meth:`put`.
+        Keys that do not ascend past the last one (or ``replace``) go through :meth:`put`
+        one by one."""
+        n = len(keys)
+        if not n:
+            return
+        if (replace or (self.last_key is not None and keys[0] <= self.last_key)
+                or min(map(len, keys)) == 0 or max(map(len, keys)) > self.max_key
+                or keys != sorted(set(keys))):  # (sorted() of sorted keys: one C pass)
+            for key, value in zip(keys, values, strict=True):
+                self.put(key, value, replace=replace)
+            return
+        if self._txn is None:
+            self._txn = self._begin()
+        items = list(zip(keys, values, strict=True))
+        while True:
+            try:
+                consumed, added = self._txn.cursor().putmulti(items, append=True)
+                break
+            except lmdb.MapFullError:
+                self._grow_and_replay()
+            except lmdb.Error as exc:  # the transaction is unusable: drop it
+                self._fail(exc)
+        if added != n:  # cannot happen with ascending new keys: a bug, not bad input
+            self._fail(lmdb.Error(f"putmulti added {added} of {n} records"))
+        self._batch.extend(zip(keys, values, repeat(True), repeat(False), strict=False))
+        self._batch_bytes += sum(map(len, values))
+        self.last_key = keys[-1]
+        if self.hook is not None:
+            for _ in range(n):
+                self.hook("put")
 
     @property
     def batch_full(self):

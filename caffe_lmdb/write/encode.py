@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ..format.datum import array_to_datum_bytes, datum_bytes
-from ..format.image import encode_image
+from ..format.image import encode_image, read_file
 from ..format.imagesize import check_image
 from .sources import ArraySample, ImageSample, Keyed, RawSample
 
@@ -55,10 +55,11 @@ def encode(sample):
     database, which only the writing process can read) passes through unchanged."""
     if isinstance(sample, ImageSample):
         o = sample.options
-        try:
-            check_image(sample.path, o.max_pixels)
+        try:  # the file is opened once: its header checked, then decoded, from its bytes
+            data = read_file(sample.path)
+            check_image(data, o.max_pixels, name=sample.path)
             value = encode_image(sample.path, sample.label, resize=o.resize, gray=o.gray,
-                                 encode=o.encode)
+                                 encode=o.encode, data=data)
         except _decoder_errors() as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return Skip(sample.index, sample.key, sample.where, reason)

@@ -37,7 +37,6 @@ Without ``on_fail``, both raise :class:`~caffe_lmdb.errors.WorkerError` naming t
 """
 import collections
 import multiprocessing
-import os
 import queue
 import sys
 import threading
@@ -47,6 +46,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 from ..errors import WorkerError
+from .defaults import default_workers
 
 __all__ = ["Executor", "BaseExecutor", "InlineExecutor", "ThreadExecutor", "ProcessExecutor",
            "make_executor", "ordered_map", "default_workers"]
@@ -121,14 +121,6 @@ class _Adapted(BaseExecutor):
     def check_source(self, source):
         if hasattr(self.inner, "check_source"):
             self.inner.check_source(source)
-
-
-def default_workers():
-    """The number of cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class InlineExecutor(BaseExecutor):

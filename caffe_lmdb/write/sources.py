@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import KeyTooLongError, OptionError, SourceFormatError
+from ..format.datum import arrays_to_datum_bytes
 from ..format.imagesize import DEFAULT_MAX_PIXELS
-from ..format.keys import MAX_KEY_BYTES, imageset_key, index_key
+from ..format.keys import MAX_KEY_BYTES, imageset_key, index_key, index_keys
 from ..format.listfile import parse_list_line, read_list_file
 
 __all__ = [
@@ -127,11 +128,33 @@ def _permutation(n, shuffle, seed):
     return np.random.default_rng(seed).permutation(n), seed
 
 
+#: images per worker task when the files are small (see _image_chunk)
+SMALL_IMAGE_CHUNK = 16
+_SMALL_IMAGE_BYTES = 32 << 10
+
+
+def _image_chunk(root, paths, probes=16):
+    """Images per worker task: one (a timeout then applies to a single image), or
+    SMALL_IMAGE_CHUNK when the files are small (a few sampled across the list are under
+    32 KiB): their decoding costs less than handing each one to a worker and back. A task
+    that fails is run again image by image (see convert.run), so a bad file is still found."""
+    if not paths:
+        return 1
+    step = max(1, len(paths) // probes)
+    try:
+        sizes = [os.stat(_join(root, os.fsdecode(paths[i]))).st_size
+                 for i in range(0, len(paths), step)[:probes]]
+    except OSError:
+        return 1
+    return SMALL_IMAGE_CHUNK if max(sizes) <= _SMALL_IMAGE_BYTES else 1
+
+
 class _ImageSource:
     """Shared by list-file and folder sources. The entries are kept compactly (a list of path
     bytes, an array of labels, an array of targets), as a list of a million lines must fit."""
 
     chunk = 1
+    reads_image_files = True  # (convert.run: OpenCV threads for small images)
 
     def __init__(self, root, paths, labels, targets, options, shuffle, seed, index_keys,
                  key_hint):
@@ -143,6 +166,7 @@ class _ImageSource:
         self._targets = targets
         self._order, self.seed = _permutation(len(paths), shuffle, seed)
         self.shuffle = shuffle
+        self.chunk = _image_chunk(self.root, paths)
         for i in range(len(paths)):
             j = self._entry(i)
             _check_key(self._key(i, paths[j]), self._where(j), key_hint)
@@ -434,6 +458,33 @@ class ArraySource:
                                  f"{arr.shape}")
             label = None if self.labels is None else int(self.labels[i])
             yield ArraySample(i, index_key(i), arr, label, f"image {i}")
+
+    def value_blocks(self, start, block):
+        """The records from ``start`` on as ``(first, keys, values)`` blocks of ``block``,
+        serialized a block at a time with NumPy (the same bytes as encode() of each sample);
+        None when the images are not one NumPy array (or the labels not integers): the
+        converter then encodes sample by sample."""
+        images = self.images
+        if not isinstance(images, np.ndarray) or images.ndim not in (3, 4) or not images.size:
+            return None
+        labels = self.labels
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.dtype.kind not in "iub" or labels.shape != (self.count,):
+                return None
+        return self._blocks(start, block, labels)
+
+    def _blocks(self, start, block, labels):
+        for first in range(start, self.count, block):
+            stop = min(self.count, first + block)
+            arrays = np.asarray(self.images[first:stop])
+            if arrays.ndim == 3:
+                arrays = arrays[:, None]
+            elif self.channels_last:
+                arrays = arrays.transpose(0, 3, 1, 2)
+            values = arrays_to_datum_bytes(arrays, None if labels is None
+                                           else labels[first:stop])
+            yield first, index_keys(first, stop - first), values
 
     def fingerprint(self):
         return None  # in-memory data cannot be checked on resume
