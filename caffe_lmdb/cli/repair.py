@@ -1,8 +1,6 @@
 """Repair commands: ``rekey`` and ``import-raw`` (see :mod:`caffe_lmdb.write.repair`)."""
 import sys
 
-from .. import import_raw, rekey
-
 
 def register(sub):
     help_ = ("copy a database whose keys are numbers without zero padding (read as 0, 1, 10, "
@@ -96,12 +94,16 @@ def _run(args, what, call):
 
 
 def _rekey(args):
+    from .. import rekey  # imported when the command runs: --help stays light
+
     return _run(args, "rekey", lambda progress: rekey(
         args.src, args.dst, width=args.width, skip_other=args.skip_other, progress=progress,
         **_options(args)))
 
 
 def _import_raw(args):
+    from .. import import_raw
+
     return _run(args, "import-raw", lambda progress: import_raw(
         args.src, args.dst, args.shape, layout=args.layout, labels=args.labels,
         skip_bad=args.skip_bad, width=args.width, progress=progress, **_options(args)))
