@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "caffe_lmdb"
 
-LAYERS = {"errors": 0, "messages": 0, "format": 1, "storage": 1, "read": 2, "write": 3,
+LAYERS = {"errors": 0, "messages": 0, "lazy": 0, "format": 1, "storage": 1, "read": 2, "write": 3,
           "tools": 4, "cli": 5, "torch": 5, "__init__": 6}
 # format and storage share a level but do not import each other
 APART = {("format", "storage"), ("storage", "format")}

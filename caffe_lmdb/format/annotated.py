@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import AnnotationError, DatumDecodeError
-from .datum import read_varint
+from .datum import read_varint, skip_field
 
 __all__ = [
     "BBOX", "BOX_COLUMNS", "is_annotated", "annotated_bytes", "parse_annotated",
@@ -154,33 +154,6 @@ def is_annotated(value) -> bool:
     return len(value) > 0 and value[0] == 0x0A
 
 
-def _skip(buf, pos, end, wire, field, depth=0):
-    if wire == 0:
-        return read_varint(buf, pos, end)[1]
-    if wire == 1:
-        pos += 8
-    elif wire == 5:
-        pos += 4
-    elif wire == 2:
-        size, pos = read_varint(buf, pos, end)
-        pos += size
-    elif wire == 3 and depth < 64:
-        while True:
-            if pos >= end:
-                raise DatumDecodeError(f"group {field} is not closed")
-            tag, pos = read_varint(buf, pos, end)
-            if tag & 7 == 4:
-                if tag >> 3 != field:
-                    raise DatumDecodeError(f"group {field} closed by end-group {tag >> 3}")
-                return pos
-            pos = _skip(buf, pos, end, tag & 7, tag >> 3, depth + 1)
-    else:
-        raise DatumDecodeError(f"invalid wire type {wire} for field {field}")
-    if pos > end:
-        raise DatumDecodeError(f"truncated field {field}")
-    return pos
-
-
 def _fields(buf, pos, end):
     """Yield (field, wire, value, start, stop) of a message's fields: value is the varint or
     fixed value, start/stop the payload span for length-delimited fields."""
@@ -207,7 +180,7 @@ def _fields(buf, pos, end):
             pos += n
         else:
             start = pos
-            pos = _skip(buf, pos, end, wire, field)
+            pos = skip_field(buf, pos, end, wire, field)
             yield field, wire, None, start, pos
 
 

@@ -41,7 +41,7 @@ __all__ = [
     "Datum", "BlobShape", "BlobProto", "BlobProtoVector",
     "array_to_datum", "array_to_datum_bytes", "arrays_to_datum_bytes", "datum_to_array",
     "datum_bytes", "decode", "parse_datum", "fields_to_array", "float_values", "shape_of",
-    "read_varint", "DatumFields",
+    "read_varint", "skip_field", "DatumFields",
 ]
 
 _U8 = np.dtype(np.uint8)
@@ -292,7 +292,7 @@ def _signed32(value):
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def _skip_field(buf, pos, end, wire, field, depth):
+def skip_field(buf, pos, end, wire, field, depth=0):
     """Skip one unknown field's payload; returns the new position."""
     if wire == 0:
         return read_varint(buf, pos, end)[1]
@@ -321,7 +321,7 @@ def _skip_field(buf, pos, end, wire, field, depth):
                 if inner_field != field:
                     raise DatumDecodeError(f"group {field} closed by end-group {inner_field}")
                 return pos
-            pos = _skip_field(buf, pos, end, inner_wire, inner_field, depth + 1)
+            pos = skip_field(buf, pos, end, inner_wire, inner_field, depth + 1)
     else:
         raise DatumDecodeError(f"invalid wire type {wire} for field {field}")
     if pos > end:
@@ -402,7 +402,7 @@ def _parse(buf, pos, end, f, snapshot=False):
         else:
             if wire == 4:
                 raise DatumDecodeError(f"unexpected end-group tag at byte {pos - 1}")
-            pos = _skip_field(buf, pos, end, wire, field, 0)
+            pos = skip_field(buf, pos, end, wire, field, 0)
     if pos != end:
         raise DatumDecodeError(f"truncated record: a field runs past the end ({end} bytes)")
     return snap
