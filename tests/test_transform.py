@@ -281,6 +281,36 @@ def test_mirror_uses_the_source_pixel_mean():
         assert same_bits(t2(hwc.transpose(2, 0, 1)), t3(x))
 
 
+
+@pytest.mark.parametrize("layout", ["chw", "hwc"])
+def test_mirrored_records_match_caffe_loop_for_every_kind_of_mean(layout):
+    """uint8 planes are mirrored by OpenCV plane by plane (raw records) or as a whole decoded
+    image (HWC): both must give Caffe's element loop, bit for bit, with or without a mean."""
+    rng = np.random.default_rng(5)
+    for shape, crop in [((3, 12, 11), 7), ((1, 9, 14), 0), ((4, 8, 8), 5)]:
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        src = x if layout == "chw" else np.ascontiguousarray(x.transpose(1, 2, 0)).transpose(2, 0, 1)
+        mean = rng.random(shape, dtype=np.float32) * 255
+        for kwargs, ref in [
+            (dict(mean_file=mean, scale=0.37), dict(mean=mean, scale=0.37)),
+            (dict(mean_value=[3.5 * (k + 1) for k in range(shape[0])], scale=0.017),
+             dict(mean_values=[3.5 * (k + 1) for k in range(shape[0])], scale=0.017)),
+            (dict(mean_value=104), dict(mean_values=[104])),
+            (dict(scale=0.00390625), dict(scale=0.00390625)),
+        ]:
+            t = Transform(crop_size=crop, mirror=True, phase="test", seed=21, **kwargs)
+            draws = PyMT19937(21)
+            h_off = (shape[1] - crop) // 2 if crop else 0
+            w_off = (shape[2] - crop) // 2 if crop else 0
+            seen = set()
+            for _ in range(6):
+                mirror = draws() % 2 == 1
+                seen.add(mirror)
+                want = caffe_loop(x, crop, mirror, h_off, w_off, **ref)
+                assert same_bits(t(src), want), (shape, kwargs, mirror)
+            assert seen == {True, False}
+
+
 # ---------------------------------------------------------------------------------------------
 # TRAIN: the draws
 # ---------------------------------------------------------------------------------------------

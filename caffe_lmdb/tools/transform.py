@@ -481,22 +481,59 @@ class Transform:
                 region = cv2.flip(region, 1)
             src = _scratch((c, ch, cw), np.uint8)
             cv2.split(np.ascontiguousarray(region) if c > 4 else region, list(src))
-        else:
-            src = arr[:, h_off:h_off + ch, w_off:w_off + cw]
-            if mirror:
-                src = src[:, :, ::-1]
+            self._planes(src, mirror, False, h_off, w_off, dest)
+            return
+        src = arr[:, h_off:h_off + ch, w_off:w_off + cw]
+        if src.dtype == np.uint8:
+            # a raw record (C, H, W): plane by plane, so that each plane's subtract and
+            # scale run while it is in the cache; a mirrored uint8 plane is flipped by
+            # OpenCV into a scratch plane (NumPy's casting subtract over a reversed view
+            # costs twice a contiguous one). The arithmetic is the same as below.
+            self._planes(src, mirror, mirror, h_off, w_off, dest)
+            return
+        if mirror:
+            src = src[:, :, ::-1]
         if self._mean is not None:
             mean = self._mean[:, h_off:h_off + ch, w_off:w_off + cw]
             np.subtract(src, mean[:, :, ::-1] if mirror else mean, out=dest, dtype=_F4)
         elif len(self._mean_values):
-            mv = self._mean_values if len(self._mean_values) == c else \
-                np.repeat(self._mean_values, c)
-            np.subtract(src, mv[:, None, None], out=dest, dtype=_F4)
+            np.subtract(src, self._channel_means(c)[:, None, None], out=dest, dtype=_F4)
         else:
             np.multiply(src, self._scale, out=dest, dtype=_F4)
             return
         if self._scale != 1:
             np.multiply(dest, self._scale, out=dest)
+
+    def _channel_means(self, c):
+        mv = self._mean_values
+        return mv if len(mv) == c else np.repeat(mv, c)
+
+    def _planes(self, src, mirror, flip_planes, h_off, w_off, dest):
+        """(src - mean) * scale of uint8 planes (C, ch, cw) into dest: float32 arithmetic in
+        Caffe's order, one plane at a time. ``mirror``: the output is mirrored (the mean crop
+        is taken mirrored); ``flip_planes``: src is not yet, flip each plane here."""
+        c, ch, cw = src.shape
+        flip = None
+        if flip_planes:
+            flip = _scratch((ch, cw), np.uint8)
+            cv2 = cv.cv2()
+        means = self._channel_means(c) if self._mean is None and len(self._mean_values) \
+            else None
+        for k in range(c):
+            plane, out = src[k], dest[k]
+            if flip_planes:
+                cv2.flip(plane, 1, dst=flip)
+                plane = flip
+            if self._mean is not None:
+                mean = self._mean[k, h_off:h_off + ch, w_off:w_off + cw]
+                np.subtract(plane, mean[:, ::-1] if mirror else mean, out=out, dtype=_F4)
+            elif means is not None:
+                np.subtract(plane, means[k], out=out, dtype=_F4)
+            else:
+                np.multiply(plane, self._scale, out=out, dtype=_F4)
+                continue
+            if self._scale != 1:
+                np.multiply(out, self._scale, out=out)
 
     # -- Caffe's files -------------------------------------------------------------------------
 
