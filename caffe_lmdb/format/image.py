@@ -13,10 +13,11 @@ import numpy as np
 from ..errors import EncodeError, ImageReadError
 from . import cv
 from .datum import datum_bytes, messages
+from .imagesize import declared_size
 from .sniff import image_format
 
-__all__ = ["read_file", "read_image", "encode_image", "encode_array", "image_to_datum",
-           "extension_of", "extension_matches", "resize_to"]
+__all__ = ["read_file", "read_image", "decoded_shape", "encode_image", "encode_array",
+           "image_to_datum", "extension_of", "extension_matches", "resize_to"]
 
 _U8 = np.dtype(np.uint8)
 if TYPE_CHECKING:
@@ -64,13 +65,7 @@ def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
     read (the path then only names it). Raises ImageReadError.
     """
     cv2 = cv.cv2()
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        blob, name = bytes(path_or_bytes), None
-    elif data is not None:
-        blob, name = data, os.fspath(path_or_bytes)
-    else:
-        name = os.fspath(path_or_bytes)
-        blob = read_file(name)
+    blob, name = _load(path_or_bytes, data)
     flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
     img = cv2.imdecode(np.frombuffer(blob, _U8), flag) if blob else None
     if img is None:
@@ -80,6 +75,53 @@ def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
     if size is not None:
         img = cv2.resize(img, (size[1], size[0]))
     return img, blob, name
+
+
+def _load(path_or_bytes: PathOrBytes, data: bytes | None) -> tuple[bytes, str | None]:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes), None
+    if data is not None:
+        return data, os.fspath(path_or_bytes)
+    name = os.fspath(path_or_bytes)
+    return read_file(name), name
+
+
+#: OpenCV refuses to decode images of more pixels than this (its CV_IO_MAX_IMAGE_PIXELS)
+_CV_MAX_PIXELS = 1 << 30
+
+
+def decoded_shape(path_or_bytes: PathOrBytes, gray: bool = False, data: bytes | None = None
+                  ) -> tuple[tuple[int, int, int], bytes, str | None]:
+    """``((H, W, C), file_bytes, name)``: the shape :func:`read_image` would decode the image
+    to, for converters that decode only to check an image they store as it is (Caffe's
+    pass-through of encoded files, which still decodes each one). Raises ImageReadError as
+    read_image does.
+
+    A JPEG is decoded at 1/8 scale (libjpeg's DCT scaling: every entropy-coded byte is still
+    read, at about a fifth of the cost), its exact size taken from its frame header and turned
+    when the reduced image shows that OpenCV applied an EXIF rotation. Anything else, or a
+    JPEG whose reduced decode fails or cannot tell the orientation, is decoded in full."""
+    blob, name = _load(path_or_bytes, data)
+    cv2 = cv.cv2()
+    size = declared_size(blob) if blob[:3] == b"\xff\xd8\xff" else None
+    if size is not None and 0 < size[0] * size[1] <= _CV_MAX_PIXELS \
+            and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
+        w, h = size
+        flag = cv2.IMREAD_REDUCED_GRAYSCALE_8 if gray else cv2.IMREAD_REDUCED_COLOR_8
+        try:
+            small = cv2.imdecode(np.frombuffer(blob, _U8), flag)
+        except cv2.error:
+            small = None
+        if small is not None:
+            c = 1 if small.ndim == 2 else small.shape[2]
+            upright, turned = (-(-h // 8), -(-w // 8)), (-(-w // 8), -(-h // 8))
+            if upright != turned or h == w:
+                if small.shape[:2] == upright:
+                    return (h, w, c), blob, name
+                if small.shape[:2] == turned:
+                    return (w, h, c), blob, name
+    img, blob, name = read_image(blob if name is None else name, gray=gray, data=blob)
+    return (img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2]), blob, name
 
 
 def encode_image(path_or_bytes: PathOrBytes, label: int | None,
@@ -102,6 +144,15 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
     file raises :class:`~caffe_lmdb.errors.ImageReadError` in every mode. ``data``: the
     file's bytes when the caller has read them (the path then only names the file).
     """
+    if encode and resize_to(resize) is None and not gray:
+        blob, name = _load(path_or_bytes, data)
+        ext = extension_of(name) if name is not None else image_format(blob)
+        encode_type = ext if encode is True else str(encode).lower().lstrip(".")
+        if ext is not None and encode_type is not None and extension_matches(ext, encode_type):
+            decoded_shape(blob if name is None else name, data=blob)  # the check Caffe makes
+            _refuse_deep(blob, name)
+            return datum_bytes(data=blob, label=label, encoded=True)
+        path_or_bytes, data = (blob, None) if name is None else (name, blob)
     img, blob, name = read_image(path_or_bytes, gray=gray, resize=resize, data=data)
     if not encode:
         chw = np.ascontiguousarray(cv.hwc_to_chw(img))
@@ -112,13 +163,8 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
     if encode_type is None:
         raise EncodeError("encode=True needs a file name (or a known image format) to pick "
                           "the encoding; pass encode='jpg' or 'png'")
-    if (resize_to(resize) is None and not gray and ext is not None
-            and extension_matches(ext, encode_type)):
-        _refuse_deep(blob, name)
-        payload = blob
-    else:
-        payload = encode_array(img, encode_type, name or "image")
-    return datum_bytes(data=payload, label=label, encoded=True)
+    return datum_bytes(data=encode_array(img, encode_type, name or "image"), label=label,
+                       encoded=True)
 
 
 def encode_array(img: np.ndarray, encode_type: str, name: str = "image") -> bytes:

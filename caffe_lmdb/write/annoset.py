@@ -44,7 +44,7 @@ from ..format.annotated import (
     read_labelmap,
 )
 from ..format.datum import datum_bytes
-from ..format.image import encode_array, read_image
+from ..format.image import decoded_shape, encode_array, read_file, read_image
 from ..format.imagesize import DEFAULT_MAX_PIXELS, check_image
 from ..format.keys import MAX_KEY_BYTES, index_key
 from .convert import DEFAULT_TIMEOUT, DatumWriter, Summary, run  # noqa: F401 (re-export)
@@ -115,12 +115,19 @@ def _scale(h, w, min_dim, max_dim):
 
 
 def annoset_image_datum(path, label, *, resize_height=0, resize_width=0, min_dim=0,
-                        max_dim=0, gray=False, enc=""):
+                        max_dim=0, gray=False, enc="", data=None):
     """The fork's ReadImageToDatum: ``(datum_bytes, (original_height, original_width))``.
+    ``data``: the file's bytes when the caller has read them.
 
     Raises ImageReadError when the image cannot be read, EncodeError when OpenCV cannot encode
     as ``enc``."""
-    img, blob, _name = read_image(path, gray=gray)
+    if enc and not (resize_height or resize_width or min_dim or max_dim) \
+            and _match_ext(os.fspath(path), enc):
+        # the file is stored as it is: decoded only for its shape and as a check
+        (h, w, c), data, _name = decoded_shape(path, gray=gray, data=data)
+        if (c == 3) == (not gray):
+            return datum_bytes(c, h, w, data=data, label=label, encoded=True), (h, w)
+    img, blob, _name = read_image(path, gray=gray, data=data)
     orig = img.shape[:2]
     if min_dim > 0 or max_dim > 0:
         s = _scale(orig[0], orig[1], min_dim, max_dim)
@@ -156,11 +163,12 @@ def encode_annotated(sample: AnnoSample):
     (they stop the conversion, as in the fork)."""
     o = sample.options
     try:
-        check_image(sample.path, o.max_pixels)
+        data = read_file(sample.path)  # opened once: header checked, then decoded
+        check_image(data, o.max_pixels, name=sample.path)
         datum, (oh, ow) = annoset_image_datum(
             sample.path, sample.label, resize_height=o.resize_height,
             resize_width=o.resize_width, min_dim=o.min_dim, max_dim=o.max_dim, gray=o.gray,
-            enc=sample.enc)
+            enc=sample.enc, data=data)
     except _decoder_errors() as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Skip(sample.index, sample.key, sample.where, reason)
