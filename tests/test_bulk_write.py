@@ -129,3 +129,30 @@ def test_datum_writer_commits_what_was_put_before_a_failure(tmp_path):
         raise RuntimeError("the caller's loop fails")
     pairs = _pairs(tmp_path / "db")
     assert len(pairs) == 1500 and pairs[-1][1] == array_to_datum_bytes(images[-1], 1499)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_default_commits_small_records_in_batches_of_about_4_mib(tmp_path, backend):
+    """commit_every left out: Caffe's 1000 for records of 4 KiB and more, about 4 MiB per
+    commit for smaller ones; a number given is kept exactly (both engines)."""
+    if backend == "leveldb":
+        pytest.importorskip("plyvel")
+    from caffe_lmdb.storage.base import COMMIT_MIN_BYTES, open_writer
+
+    def commits(value_size, n, **options):
+        points = []
+        writer = open_writer(str(tmp_path / f"{backend}_{value_size}_{len(options)}"),
+                             backend=backend, hook=points.append, **options)
+        value = b"x" * value_size
+        for i in range(n):
+            writer.put(b"%08d" % i, value)
+            if writer.batch_full:
+                writer.commit()
+        writer.commit()
+        writer.close()
+        return points.count("committed"), writer.commit_every
+
+    done, every = commits(784, 12_000)
+    assert every == -(-COMMIT_MIN_BYTES // 784) and done == -(-12_000 // every)
+    assert commits(784, 3_000, commit_every=1000) == (3, 1000)
+    assert commits(5000, 2_500) == (3, 1000)

@@ -48,6 +48,7 @@ from ..errors import (
     WriteError,
     show_key,
 )
+from .base import CommitPolicy
 
 __all__ = ["import_plyvel", "is_leveldb", "is_leveldb_file", "is_read_only", "LevelDBReader",
            "LevelDBTxn", "LevelDBWriter", "readable_copy", "identity", "lmdb_cache",
@@ -280,13 +281,12 @@ class LevelDBWriter:
 
     grown = 0  # LevelDB has no map to grow
 
-    def __init__(self, path, map_size=None, commit_every=1000, commit_bytes=64 << 20,
+    def __init__(self, path, map_size=None, commit_every=None, commit_bytes=64 << 20,
                  sync=True, hook=None):
         self.path = os.fspath(path)
         self.hook = hook
         self.sync = bool(sync)
-        self.commit_every = max(1, int(commit_every))
-        self.commit_bytes = int(commit_bytes)
+        self.policy = CommitPolicy(commit_every, commit_bytes)
         try:
             self.db = _open(self.path, True, **CAFFE_OPTIONS)
         except NotADatumDBError as exc:
@@ -317,6 +317,8 @@ class LevelDBWriter:
             new = not present
         else:
             self.last_key = key
+        if self.policy.auto:
+            self.policy.first_record(len(value))
         self._batch.put(key, value)
         self._keys.add(key)
         self._new += new
@@ -326,8 +328,17 @@ class LevelDBWriter:
             self.hook("put")
 
     @property
+    def commit_every(self):
+        """Records per commit (see :class:`~caffe_lmdb.storage.base.CommitPolicy`)."""
+        return self.policy.commit_every
+
+    @property
+    def commit_bytes(self):
+        return self.policy.commit_bytes
+
+    @property
     def batch_full(self):
-        return self._puts >= self.commit_every or self._bytes >= self.commit_bytes
+        return self.policy.full(self._puts, self._bytes)
 
     @property
     def pending(self):

@@ -37,6 +37,7 @@ from ..errors import (
     show_key,
 )
 from ..messages import damaged_message, lmdb_1_message
+from .base import CommitPolicy
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
            "DEFAULT_MAP_SIZE", "data_format", "refuse_lmdb_1", "NEW_DB_OPTIONS",
@@ -348,12 +349,11 @@ class LMDBWriter:
     the same bytes). ``batch_full`` says when the caller should ``commit()``.
     """
 
-    def __init__(self, path, map_size=DEFAULT_MAP_SIZE, commit_every=1000,
+    def __init__(self, path, map_size=DEFAULT_MAP_SIZE, commit_every=None,
                  commit_bytes=64 << 20, sync=True, hook=None):
         self.path = os.fspath(path)
         self.hook = hook
-        self.commit_every = max(1, int(commit_every))
-        self.commit_bytes = int(commit_bytes)
+        self.policy = CommitPolicy(commit_every, commit_bytes)
         refuse_lmdb_1(self.path)  # appending, resuming or merging into it
         if NEW_DB_OPTIONS is None:
             raise WriteError(f"cannot write {self.path}: this py-lmdb {lmdb.__version__} has no "
@@ -417,6 +417,8 @@ class LMDBWriter:
             raise ValueError("LMDB keys cannot be empty")
         if self._txn is None:
             self._txn = self._begin()
+        if self.policy.auto:
+            self.policy.first_record(len(value))
         append = self.last_key is None or key > self.last_key
         while True:
             try:
@@ -453,6 +455,8 @@ class LMDBWriter:
             return
         if self._txn is None:
             self._txn = self._begin()
+        if self.policy.auto:
+            self.policy.first_record(len(values[0]))
         items = list(zip(keys, values, strict=True))
         while True:
             try:
@@ -472,8 +476,17 @@ class LMDBWriter:
                 self.hook("put")
 
     @property
+    def commit_every(self):
+        """Records per commit (see :class:`~caffe_lmdb.storage.base.CommitPolicy`)."""
+        return self.policy.commit_every
+
+    @property
+    def commit_bytes(self):
+        return self.policy.commit_bytes
+
+    @property
     def batch_full(self):
-        return len(self._batch) >= self.commit_every or self._batch_bytes >= self.commit_bytes
+        return self.policy.full(len(self._batch), self._batch_bytes)
 
     @property
     def pending(self):

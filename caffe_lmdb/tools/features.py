@@ -244,7 +244,7 @@ def features_to_npy(source, npy_path, flat=False, progress=None, backend=None):
     return full, indices
 
 
-def write_features(path, array, *, overwrite=False, start=0, commit_every=1000,
+def write_features(path, array, *, overwrite=False, start=0, commit_every=None,
                    backend="lmdb"):
     """Write features as extract_features does: one record per row, key ``%010d`` of
     ``start + row``, ``channels``/``height``/``width`` and unpacked float32 ``float_data``,

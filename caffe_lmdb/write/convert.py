@@ -227,7 +227,7 @@ def _absolute_root(root):
 
 def _run(source, path, ex, *, job="convert", overwrite=False, resume=False, strict=False,
          check_size=False, timeout=DEFAULT_TIMEOUT, progress=None, map_size=DEFAULT_MAP_SIZE,
-         commit_every=1000, targets=False, files=None, backend="lmdb"):
+         commit_every=None, targets=False, files=None, backend="lmdb"):
     t0 = time.perf_counter()
     conversion = _Conversion(source, os.fspath(path), job=job, overwrite=overwrite,
                              resume=resume, check_size=check_size, targets=targets, files=files,
@@ -366,6 +366,9 @@ class _Conversion:
         blocks = value_blocks(self.start, self.sink.commit_every)
         if blocks is None:
             return False
+        # serialized a block or two ahead on a thread: it runs while a commit waits for the
+        # disk (LMDB's commit releases the GIL), which took as long as the serializing
+        blocks = prefetch(blocks, 2 << 20, lambda block: sum(map(len, block[2])))
         for first, keys, values in blocks:
             self.sink.put_many(keys, values, replace=self.resuming)
             self.value_bytes += sum(map(len, values))
@@ -580,14 +583,16 @@ class DatumWriter:
     :func:`write_arrays` for dtypes) or already serialized Datum bytes (stored as they are);
     ``key`` defaults to ``%08d`` of the running index (bytes or str otherwise; keys that do not
     ascend are allowed but slower, a repeated key raises DuplicateKeyError). Records are
-    committed every ``commit_every``; ``commit()`` forces one. ``close()`` (or leaving the
-    ``with`` block, even by an exception) commits what was put and returns a :class:`Summary`:
+    committed every ``commit_every`` (default: 1000, more for records under 4 KiB, see
+    :class:`~caffe_lmdb.storage.base.CommitPolicy`); ``commit()`` forces one. ``close()`` (or
+    leaving the ``with`` block, even by an exception) commits what was put and returns a
+    :class:`Summary`:
     the database always holds every record put before the failure. An existing database is
     refused unless ``overwrite=True``; ``resume=True`` appends to it, numbering on from its
     record count. ``backend="leveldb"`` writes a LevelDB instead of an LMDB.
     """
 
-    def __init__(self, path, *, overwrite=False, resume=False, commit_every=1000,
+    def __init__(self, path, *, overwrite=False, resume=False, commit_every=None,
                  map_size=DEFAULT_MAP_SIZE, key_width=8, backend="lmdb"):
         self._t0 = time.perf_counter()
         self.path = os.fspath(path)
@@ -596,15 +601,19 @@ class DatumWriter:
         self._sink = open_sink(self.path, self.backend, map_size=map_size,
                                commit_every=commit_every)
         self.key_width = key_width
-        self.index = self._sink.entries
-        self._start = self.index
+        self._done = self._sink.entries  # records put before the block being filled
+        self._start = self._done
         self._bytes = 0
         self._closed = False
         self._rows = []  # small arrays of one shape put with default keys, not yet written
-        self._pending = 0
         self._labels = []
         self._shape = self._dtype = self._unlabelled = None  # of the block being filled
         self._flush_at = 0
+
+    @property
+    def index(self):
+        """The number of records put so far (and the index of the next default key)."""
+        return self._done + len(self._rows)
 
     def put(self, value, label=None, key=None):
         if (key is None and type(value) is np.ndarray and value.shape == self._shape
@@ -612,14 +621,12 @@ class DatumWriter:
                 and not self._closed):  # the next array of the block being filled
             if label is not None:
                 label = int(label)
-                if not -(1 << 31) <= label < (1 << 31):
+                if not -2147483648 <= label <= 2147483647:
                     raise ValueError(f"{label} does not fit in a Datum's int32 field")
-            n = self._pending
-            self._rows.append(value.tobytes())  # (a copy: the caller may reuse its array)
+            rows = self._rows
+            rows.append(value.tobytes())  # (a copy: the caller may reuse its array)
             self._labels.append(label)
-            self._pending = n + 1
-            self.index += 1
-            if n + 1 >= self._flush_at:
+            if len(rows) >= self._flush_at:
                 self._flush()
                 if self._sink.batch_full:
                     self._sink.commit()
@@ -634,7 +641,7 @@ class DatumWriter:
                 self.put(arr, label)
                 return
         if key is None:
-            key = index_key(self.index, self.key_width)
+            key = index_key(self._done, self.key_width)
         elif isinstance(key, str):
             key = key.encode("utf-8")
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -645,7 +652,7 @@ class DatumWriter:
         else:
             value = array_to_datum_bytes(np.asarray(value), label)
         self._sink.put(key, value)
-        self.index += 1
+        self._done += 1
         self._bytes += len(value)
         if self._sink.batch_full:
             self._sink.commit()
@@ -661,15 +668,15 @@ class DatumWriter:
 
     def _flush(self):
         """Write the pending block."""
-        n = self._pending
+        n = len(self._rows)
         if not n:
             return
         labels = None if self._labels[0] is None else self._labels
         block = np.frombuffer(b"".join(self._rows), self._dtype).reshape((n,) + self._shape)
         values = arrays_to_datum_bytes(block, labels)
         self._rows = []
-        keys = index_keys(self.index - n, n, self.key_width)
-        self._pending = 0
+        keys = index_keys(self._done, n, self.key_width)
+        self._done += n
         self._labels = []
         self._shape = None  # the next array starts a new block (and a new flush point)
         put_many = getattr(self._sink, "put_many", None)

@@ -121,7 +121,7 @@ def _copy(ranges, sink, total, progress):
     return value_bytes
 
 
-def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_every=1000):
+def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_every=None):
     """Concatenate the LMDBs ``inputs`` (in the order given) into a new LMDB ``out``.
 
     Each input's keys must all come after the previous input's (byte order); overlapping or

@@ -53,7 +53,7 @@ def _disk_bytes(path):
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, backend: str | None = None,
             source_backend: str | None = None, overwrite: bool = False, resume: bool = False,
-            progress: Callable[[int, int], None] | None = None, commit_every: int = 1000,
+            progress: Callable[[int, int], None] | None = None, commit_every: int | None = None,
             map_size: int | None = None) -> Summary:
     """Copy the database ``src`` into a new database ``dst`` of engine ``backend`` (default:
     the other one: LevelDB -> LMDB, LMDB -> LevelDB), keys and values unchanged, in order.
