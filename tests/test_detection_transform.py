@@ -181,6 +181,7 @@ def test_dataset_and_dataloader_workers(tmp_path):
     seen = 0
     for images, boxes, labels in loader:
         assert images.shape == (4, 3, 40, 40)
+        assert [len(b) for b in boxes] == [len(v) for v in labels]
         for im, bx in zip(images, boxes, strict=True):
             _check_surrounded(im.numpy(), bx.numpy())
             seen += 1

@@ -22,6 +22,14 @@ transformer seeded with ``s`` starts (MT19937's ``init_genrand(s)``, as ``boost:
 Other streams derive from the seed deterministically: ``set_epoch(e)`` starts epoch e's stream,
 and each torch DataLoader worker gets its own (see :meth:`Transform.enter_worker`).
 
+Detection records (SSD-Caffe's AnnotatedDatum): ``transform_values(..., geometry=True)`` also
+returns where each record was cropped and whether it was mirrored, and :meth:`Transform.
+transform_boxes` moves the records' boxes the same way, as the fork's TransformAnnotation does
+(float32, the fork's order; see :func:`project_boxes`), with its optional ``emit_constraint``.
+``resize=(height, width)`` is the fork's ``resize_param`` in WARP mode: an encoded record's
+decoded image is resized (``cv::resize``, ``interp_mode``) before the crop, as the fork does
+after the mirror draw and before the crop draws (the resize draws nothing from this stream).
+
 A batch is decoded and transformed on a thread pool (OpenCV and NumPy release the GIL): the
 random draws of the whole batch are taken first, in record order, in the calling thread, so the
 result does not depend on the threads. Records of a batch may differ in size; the output is one
