@@ -231,6 +231,9 @@ def test_prototxt_annotated_data_resize_warp(ssd):
     assert np.array_equal(images[0], want)
     # WARP leaves normalized boxes where they were (no crop, no mirror)
     assert _as_tuples(boxes[0]) == _expected_boxes(ssd, "det_xml_jpg")[0][2]
+    pytest.importorskip("torch")
+    images, boxes, labels = next(iter(layer.dataloader()))
+    assert tuple(images.shape) == (4, 3, 30, 36) and len(boxes) == len(labels) == 4
 
 
 @pytest.mark.parametrize("extra, sampler, interp, field", [

@@ -142,14 +142,16 @@ class DataLayerInput:
 
     def dataloader(self, **kwargs: Any):
         """A torch DataLoader of :meth:`dataset` with the layer's batch_size (``kwargs`` go to
-        DataLoader: num_workers, shuffle, ...)."""
+        DataLoader: num_workers, shuffle, ...); a detection database (an AnnotatedData layer's)
+        is collated with :func:`~caffe_lmdb.torch.detection_collate`."""
         from torch.utils.data import DataLoader
 
-        from .dataset import collate
+        from .dataset import collate, detection_collate
 
+        dataset = self.dataset()
         kwargs.setdefault("batch_size", self.batch_size)
-        kwargs.setdefault("collate_fn", collate)
-        return DataLoader(self.dataset(), **kwargs)
+        kwargs.setdefault("collate_fn", detection_collate if dataset.detection else collate)
+        return DataLoader(dataset, **kwargs)
 
 
 def from_prototxt(text_or_path: str | os.PathLike, phase: str = "train", *,
