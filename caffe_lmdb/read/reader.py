@@ -500,12 +500,14 @@ class DatumDB:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def read(self, positions, transform=None):
+    def read(self, positions, transform=None, boxes=False, pixels=False):
         """``(images, labels)`` of the records at these positions, in the order given.
 
         Values are fetched in key order inside one read transaction (LMDB pages in order) and
         decoded into new arrays; all records must have one shape, or ``transform`` (applied to
-        each record before they are stacked, see :meth:`batches`) must give them one."""
+        each record before they are stacked, see :meth:`batches`) must give them one.
+        ``boxes=True`` (AnnotatedDatum databases): ``(images, labels, boxes)`` as in
+        :meth:`batches`, the boxes moved with the images by a :class:`caffe_lmdb.Transform`."""
         positions = np.asarray(positions, np.int64).reshape(-1)
         n = len(self)
         if len(positions) and (positions.min() < -n or positions.max() >= n):
@@ -514,6 +516,10 @@ class DatumDB:
         positions = np.where(positions < 0, positions + n, positions)
         if not len(positions):
             raise ValueError("read() needs at least one position")
+        if boxes:
+            moved = self._boxes_transform(transform)
+            batch = self._read_positions(positions, fresh=True, transform=moved)
+            return (*batch, self._moved_boxes(moved, positions, pixels))
         return self._read_positions(positions, fresh=True, transform=transform)
 
     def batches(self, batch_size, shuffle=False, seed=None, drop_last=False, shard=None,
@@ -521,7 +527,10 @@ class DatumDB:
         """Yield ``(images, labels)``: (N, C, H, W) (or (N, H, W, C)) arrays and (N,) int64.
 
         * ``boxes=True`` (AnnotatedDatum databases): ``(images, labels, boxes)``, boxes a list
-          of each image's box rows (see :meth:`boxes`; in pixels with ``pixels=True``).
+          of each image's box rows (see :meth:`boxes`; in pixels with ``pixels=True``). With a
+          :class:`caffe_lmdb.Transform` the boxes are cropped and mirrored with their image (as
+          SSD-Caffe's transformer does; pixels are then those of the transformed image); any
+          other callable ``transform`` is refused (it cannot move the boxes).
 
         * ``shuffle=False``: key order (Caffe's order); each batch is one cursor run.
         * ``shuffle=True``: a permutation of the positions per epoch, from
@@ -569,6 +578,8 @@ class DatumDB:
                 raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < "
                                  f"world_size, not {shard!r}")
             lo, hi = rank * n // world, (rank + 1) * n // world
+        if boxes:
+            transform = self._boxes_transform(transform)
         if (positions is None and not reuse and transform is None and not boxes
                 and self.kind == "datum" and self._block_batches(batch_size) > 1):
             yield from self._blocks(lo, hi, batch_size, drop_last)
@@ -585,7 +596,7 @@ class DatumDB:
                                              transform=transform)
             if boxes:
                 at = np.arange(start, stop) if positions is None else positions[start:stop]
-                batch = (*batch, self.read_boxes(at, pixels))
+                batch = (*batch, self._moved_boxes(transform, at, pixels))
             yield batch
 
     # -- boxes of AnnotatedDatum records --------------------------------------------------------
@@ -611,6 +622,28 @@ class DatumDB:
         keys = self._keys().take(np.asarray(positions, np.int64))
         with self.begin() as txn:
             return [self._rows(txn.get(key), key, pixels) for key in keys]
+
+    def _boxes_transform(self, transform):
+        """The transform of a batch read with its boxes: a caffe_lmdb.Transform is wrapped so
+        that the crop and mirror of each record are kept for its boxes."""
+        self._need_boxes()
+        if transform is None:
+            return None
+        if not (hasattr(transform, "transform_values") and hasattr(transform,
+                                                                   "transform_boxes")):
+            raise ValueError(f"{self.path} holds detection records (AnnotatedDatum): a transform "
+                             "of the image alone would leave the boxes behind; use a "
+                             "caffe_lmdb.Transform (it moves the boxes with the image), or read "
+                             "without transform and transform image and boxes together")
+        return _KeepGeometry(transform)
+
+    def _moved_boxes(self, transform, positions, pixels):
+        """The box rows of these positions, moved as ``transform`` (a _KeepGeometry, or None)
+        moved their images in the batch just read."""
+        if transform is None:
+            return self.read_boxes(positions, pixels)
+        return transform.transform.transform_boxes(self.read_boxes(positions), transform.geometry,
+                                                   pixels=pixels)
 
     def box_items(self):
         """``(key, boxes)`` of every record in key order (normalized box rows; see
@@ -896,6 +929,20 @@ class _Current:
 
     def __getitem__(self, i):
         return self.db._unchecked()[i]
+
+
+class _KeepGeometry:
+    """A caffe_lmdb.Transform whose batches also keep where each record was cropped and whether
+    it was mirrored (``geometry``), for its boxes."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.geometry = None
+
+    def transform_values(self, values, keys=None, **options):
+        images, labels, self.geometry = self.transform.transform_values(values, keys,
+                                                                        geometry=True, **options)
+        return images, labels
 
 
 def _as_key(key):

@@ -94,9 +94,13 @@ class DatumDataset(Dataset):
     Detection databases (SSD-Caffe's AnnotatedDatum records, ``db.kind == "annotated"``):
     samples are ``(image, boxes, labels)``, boxes a (N, 4) float32 tensor ``xmin, ymin, xmax,
     ymax`` (normalized as stored, or in pixels of the image with ``pixels=True``) and labels
-    the (N,) int64 group labels; batch them with :func:`detection_collate`. A ``transform``
-    of the image alone would move the pixels away from their boxes, so it is refused there:
-    pass ``joint_transform(image, boxes, labels) -> (image, boxes, labels)`` instead.
+    the (N,) int64 group labels; batch them with :func:`detection_collate`. A
+    :class:`caffe_lmdb.Transform` crops and mirrors the boxes with their image (SSD-Caffe's
+    transformer: boxes outside the crop dropped, the others clipped to it; ``pixels=True``
+    then gives pixels of the transformed image). Any other ``transform`` of the image alone
+    would move the pixels away from their boxes, so it is refused there: pass
+    ``joint_transform(image, boxes, labels) -> (image, boxes, labels)`` instead (it is applied
+    after a Transform when both are given).
 
     A LevelDB (which admits one process) is read through its LMDB cache, made here once (see
     :meth:`~caffe_lmdb.read.reader.DatumDB.use_lmdb_cache`), so that ``fork`` and ``spawn``
@@ -119,10 +123,14 @@ class DatumDataset(Dataset):
                                  f"{self.db.path} {len(self.db)}: a companion holds one record "
                                  "per image, under the same keys")
         self.detection = self.db.kind == "annotated"
-        if self.detection and (transform is not None or target_transform is not None):
+        moves_boxes = hasattr(transform, "transform_values") and hasattr(transform,
+                                                                         "transform_boxes")
+        if self.detection and ((transform is not None and not moves_boxes)
+                               or target_transform is not None):
             raise ValueError(f"{self.db.path} holds detection records (AnnotatedDatum): a "
                              "transform of the image alone would leave the boxes behind; "
-                             "pass joint_transform(image, boxes, labels) instead")
+                             "pass joint_transform(image, boxes, labels) instead, or a "
+                             "caffe_lmdb.Transform (it moves the boxes with the image)")
         if joint_transform is not None and not self.detection:
             raise ValueError("joint_transform applies to detection databases (AnnotatedDatum "
                              "records); use transform and target_transform")
@@ -158,6 +166,10 @@ class DatumDataset(Dataset):
 
     def __getitem__(self, i):
         if self.detection:
+            t = self._batch_transform()
+            if t is not None:
+                images, _, boxes = self.db.read([i], transform=t, boxes=True, pixels=self.pixels)
+                return self._detection(images[0], boxes[0])
             image, _ = self.db[i]
             return self._detection(image, self.db.boxes(int(i), pixels=self.pixels))
         t = self._batch_transform()
@@ -184,6 +196,9 @@ class DatumDataset(Dataset):
             if self.same_shape:
                 self._check_shapes(indices, samples)
             return samples
+        if self.detection:
+            images, _, boxes = self.db.read(indices, transform=t, boxes=True, pixels=self.pixels)
+            return [self._detection(images[j], rows) for j, rows in enumerate(boxes)]
         plain = t is not None and self.to_tensor and self.companion is None \
             and self.target_transform is None and self.db.layout == "CHW" \
             and self.db.channel_order == "BGR" and self.db.dtype is None
@@ -196,11 +211,6 @@ class DatumDataset(Dataset):
                 batch = torch.from_numpy(images)
             return [(batch[j], int(labels[j])) for j in range(len(images))]
         images, labels = self.db.read(indices, transform=t)
-        if self.detection:
-            n = len(self.db)
-            at = [int(j) + n if int(j) < 0 else int(j) for j in indices]
-            return [self._detection(images[j], rows)
-                    for j, rows in enumerate(self.db.read_boxes(at, self.pixels))]
         targets = None
         if self.companion is not None:
             keys = self.db.keys().take(np.where(np.asarray(indices) < 0,

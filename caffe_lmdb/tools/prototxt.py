@@ -31,6 +31,8 @@ _INPUT_TYPES = ("Data", "ImageData", "AnnotatedData", "HDF5Data", "Input", "Memo
 
 
 _READER_OPTIONS = ("channel_order", "layout", "dtype", "color", "readahead", "lock")
+#: The layers that read a Caffe database: BVLC's Data and SSD-Caffe's AnnotatedData.
+_DB_LAYERS = ("Data", "AnnotatedData")
 
 
 class PrototxtError(CaffeLMDBError, ValueError):
@@ -140,14 +142,16 @@ class DataLayerInput:
 
     def dataloader(self, **kwargs: Any):
         """A torch DataLoader of :meth:`dataset` with the layer's batch_size (``kwargs`` go to
-        DataLoader: num_workers, shuffle, ...)."""
+        DataLoader: num_workers, shuffle, ...); a detection database (an AnnotatedData layer's)
+        is collated with :func:`~caffe_lmdb.torch.detection_collate`."""
         from torch.utils.data import DataLoader
 
-        from .dataset import collate
+        from .dataset import collate, detection_collate
 
+        dataset = self.dataset()
         kwargs.setdefault("batch_size", self.batch_size)
-        kwargs.setdefault("collate_fn", collate)
-        return DataLoader(self.dataset(), **kwargs)
+        kwargs.setdefault("collate_fn", detection_collate if dataset.detection else collate)
+        return DataLoader(dataset, **kwargs)
 
 
 def from_prototxt(text_or_path: str | os.PathLike, phase: str = "train", *,
@@ -186,13 +190,14 @@ def from_prototxt(text_or_path: str | os.PathLike, phase: str = "train", *,
             raise PrototxtError(f"layer {layer!r} of {where} is not part of the net in phase "
                                 f"{phase_key.upper()} (its include/exclude rules leave it out)")
         chosen = named[0]
-        if chosen.type != "Data":
+        if chosen.type not in _DB_LAYERS:
             raise PrototxtError(f"layer {layer!r} of {where} is a {chosen.type!r} layer; only "
-                                "Data layers read a Caffe database")
+                                "Data and AnnotatedData layers read a Caffe database")
     else:
-        data = [lp for lp in active if lp.type == "Data"]
+        data = [lp for lp in active if lp.type in _DB_LAYERS]
         if not data:
-            others = [f"{lp.name!r} ({lp.type})" for lp in active if lp.type in _INPUT_TYPES]
+            others = [f"{lp.name!r} ({lp.type})" for lp in active
+                      if lp.type in _INPUT_TYPES and lp.type not in _DB_LAYERS]
             raise PrototxtError(
                 f"{where} has no Data layer in phase {phase_key.upper()}"
                 + (f"; its inputs are {', '.join(others)}, which do not read a Caffe "
@@ -223,16 +228,64 @@ def from_prototxt(text_or_path: str | os.PathLike, phase: str = "train", *,
     mean_file = None
     if tp.HasField("mean_file"):
         mean_file = _resolve(tp.mean_file, "mean_file", root, base, where, paths)
+    ssd = _ssd_options(chosen, tp, where)
     transform = Transform(
         crop_size=tp.crop_size, mirror=tp.mirror, mean_file=mean_file,
         mean_value=list(tp.mean_value) or None, scale=tp.scale, force_color=tp.force_color,
-        force_gray=tp.force_gray, phase=phase_key, seed=seed)
+        force_gray=tp.force_gray, phase=phase_key, seed=seed, **ssd)
     backend = pb.DataParameter.DB.Name(dp.backend)
     return DataLayerInput(
         name=chosen.name, phase=phase_key, source=source, backend=backend,
         batch_size=int(dp.batch_size), transform=transform, rand_skip=int(dp.rand_skip),
         tops=list(chosen.top), include=[_rule(r) for r in chosen.include],
         exclude=[_rule(r) for r in chosen.exclude], prototxt=path, paths=paths)
+
+
+def _unsupported(layer, field_name: str, where, why: str = "") -> PrototxtError:
+    return PrototxtError(
+        f"layer {layer.name!r} of {where} sets {field_name}, which is not supported yet"
+        f"{why}: caffe_lmdb would give other data than SSD-Caffe; remove it from the prototxt "
+        "(or transform with your own code, e.g. DatumDataset(..., joint_transform=...))")
+
+
+def _ssd_options(layer, tp, where) -> dict:
+    """The Transform options of SSD-Caffe's transform_param fields (resize_param WARP with one
+    interp_mode, emit_constraint); any other field that changes the data is refused."""
+    for name in ("distort_param", "expand_param", "noise_param"):
+        if tp.HasField(name):
+            raise _unsupported(layer, f"transform_param.{name}", where)
+    for name in ("crop_h", "crop_w"):
+        if getattr(tp, name):
+            raise _unsupported(layer, f"transform_param.{name}", where, " (use crop_size)")
+    if len(layer.annotated_data_param.batch_sampler):
+        raise _unsupported(layer, "annotated_data_param.batch_sampler", where,
+                           " (SSD's random sampled crops)")
+    options: dict = {}
+    if tp.HasField("resize_param"):
+        rp = tp.resize_param
+        kind = type(rp)
+        mode = kind.Resize_mode.Name(rp.resize_mode)
+        if mode != "WARP":
+            raise _unsupported(layer, f"transform_param.resize_param.resize_mode {mode}", where,
+                               " (only WARP is)")
+        if not (rp.height > 0 and rp.width > 0):
+            raise PrototxtError(f"layer {layer.name!r} of {where}: resize_param needs height "
+                                "and width > 0 (SSD-Caffe: \"Check failed: "
+                                "param_.resize_param().height() > 0\")")
+        modes = [kind.Interp_mode.Name(m) for m in rp.interp_mode]
+        if len(modes) > 1:
+            raise _unsupported(
+                layer, f"transform_param.resize_param with {len(modes)} interp_modes "
+                f"({', '.join(modes)})", where,
+                " (SSD-Caffe picks one per image from Caffe's global random stream, which "
+                "cannot be reproduced: list one)")
+        options["resize"] = (int(rp.height), int(rp.width))
+        options["interp_mode"] = modes[0] if modes else "LINEAR"
+    if tp.HasField("emit_constraint"):
+        ec = tp.emit_constraint
+        options["emit_constraint"] = type(ec).EmitType.Name(ec.emit_type)
+        options["emit_overlap"] = ec.emit_overlap
+    return options
 
 
 def _rule(rule) -> dict:

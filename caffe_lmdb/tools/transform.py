@@ -22,6 +22,14 @@ transformer seeded with ``s`` starts (MT19937's ``init_genrand(s)``, as ``boost:
 Other streams derive from the seed deterministically: ``set_epoch(e)`` starts epoch e's stream,
 and each torch DataLoader worker gets its own (see :meth:`Transform.enter_worker`).
 
+Detection records (SSD-Caffe's AnnotatedDatum): ``transform_values(..., geometry=True)`` also
+returns where each record was cropped and whether it was mirrored, and :meth:`Transform.
+transform_boxes` moves the records' boxes the same way, as the fork's TransformAnnotation does
+(float32, the fork's order; see :func:`project_boxes`), with its optional ``emit_constraint``.
+``resize=(height, width)`` is the fork's ``resize_param`` in WARP mode: an encoded record's
+decoded image is resized (``cv::resize``, ``interp_mode``) before the crop, as the fork does
+after the mirror draw and before the crop draws (the resize draws nothing from this stream).
+
 A batch is decoded and transformed on a thread pool (OpenCV and NumPy release the GIL): the
 random draws of the whole batch are taken first, in record order, in the calling thread, so the
 result does not depend on the threads. Records of a batch may differ in size; the output is one
@@ -45,11 +53,13 @@ from ..format.batch import image_pool
 from ..format.datum import decode, parse_datum
 from ..messages import show_key
 
-__all__ = ["Transform", "caffe_mt19937", "TransformError"]
+__all__ = ["Transform", "caffe_mt19937", "TransformError", "project_boxes"]
 
 _F4 = np.dtype(np.float32)
 _U32 = (1 << 32) - 1
 _PHASES = {"train": "train", "test": "test"}
+#: SSD-Caffe's ResizeParameter.Interp_mode names and their OpenCV flags (cv::INTER_*).
+_INTERP = {"LINEAR": 1, "AREA": 3, "NEAREST": 0, "CUBIC": 2, "LANCZOS4": 4}
 
 
 class TransformError(ShapeMismatchError):
@@ -194,7 +204,9 @@ class Transform:
                  mean_file: str | os.PathLike | np.ndarray | None = None,
                  mean_value: float | Sequence[float] | None = None, scale: float = 1.0,
                  force_color: bool = False, force_gray: bool = False, phase: str = "test",
-                 seed: int | None = None):
+                 seed: int | None = None, resize: tuple[int, int] | None = None,
+                 interp_mode: str = "LINEAR", emit_constraint: str | None = None,
+                 emit_overlap: float = 0.0):
         crop_size = int(crop_size)
         if crop_size < 0:
             raise ValueError(f"crop_size must be >= 0, not {crop_size}")
@@ -209,6 +221,22 @@ class Transform:
         if mean_file is not None and values:
             raise ValueError("mean_file and mean_value cannot both be set (Caffe: \"Cannot "
                              "specify mean_file and mean_value at the same time\")")
+        self.resize = _check_resize(resize)
+        mode = str(interp_mode).upper()
+        if mode not in _INTERP:
+            raise ValueError(f"interp_mode must be one of {', '.join(_INTERP)} (SSD-Caffe's "
+                             f"ResizeParameter.Interp_mode), not {interp_mode!r}")
+        self.interp_mode = mode
+        if self.resize is not None and mean_file is not None:
+            raise ValueError("mean_file with a resize is not supported yet: SSD-Caffe indexes "
+                             "the mean file on the resized image in a way this Transform does "
+                             "not model; use mean_value")
+        emit = None if emit_constraint is None else str(emit_constraint).upper()
+        if emit not in (None, "CENTER", "MIN_OVERLAP"):
+            raise ValueError(f"emit_constraint must be None, 'CENTER' or 'MIN_OVERLAP' "
+                             f"(SSD-Caffe's EmitConstraint.emit_type), not {emit_constraint!r}")
+        self.emit_constraint = emit
+        self.emit_overlap = float(np.float32(emit_overlap))
         self.crop_size = crop_size
         self.mirror = bool(mirror)
         self.scale = float(np.float32(scale))
@@ -259,6 +287,14 @@ class Transform:
             parts.append("force_color=True")
         if self.force_gray:
             parts.append("force_gray=True")
+        if self.resize is not None:
+            parts.append(f"resize={self.resize}")
+            if self.interp_mode != "LINEAR":
+                parts.append(f"interp_mode={self.interp_mode!r}")
+        if self.emit_constraint is not None:
+            parts.append(f"emit_constraint={self.emit_constraint!r}")
+            if self.emit_constraint == "MIN_OVERLAP":
+                parts.append(f"emit_overlap={self.emit_overlap!r}")
         parts += [f"phase={self.phase!r}", f"seed={self.seed}"]
         return f"Transform({', '.join(parts)})"
 
@@ -327,19 +363,50 @@ class Transform:
                              np.empty)
         arr = np.asarray(records)
         if arr.ndim == 3:
-            return self._run(1, lambda j: (arr, 0), None, np.empty)[0]
+            return self._run(1, lambda j: (self._resized(arr), 0), None, np.empty)[0]
         if arr.ndim == 4:
-            return self._run(len(arr), lambda j: (arr[j], 0), None, np.empty)
+            return self._run(len(arr), lambda j: (self._resized(arr[j]), 0), None, np.empty)
         raise ValueError(f"a record is a (C, H, W) array (or a batch (N, C, H, W), a list of "
                          f"records, or Datum bytes); got an array of shape {arr.shape}")
 
     def _as_record(self, item):
         if isinstance(item, (bytes, bytearray, memoryview)):
-            return self._decode(item, self.color)
+            arr, label = self._decode(item, self.color)
+            if self.resize is not None:
+                arr = self._resize_value(item, arr, None, 0)
+            return arr, label
         arr = np.asarray(item)
         if arr.ndim != 3:
             raise ValueError(f"a record is a (C, H, W) array; got shape {arr.shape}")
-        return arr, 0
+        return self._resized(arr), 0
+
+    def _resized(self, arr):
+        """A (C, H, W) image resized to ``resize`` (SSD-Caffe's WARP: ``cv::resize`` to
+        width x height with the interp_mode), as a (C, h, w) view of an (h, w, C) image."""
+        if self.resize is None or arr.ndim != 3:
+            return arr
+        h, w = self.resize
+        if arr.shape[1:] == (h, w):  # cv::resize to the same size copies the pixels
+            return arr
+        hwc = np.ascontiguousarray(arr.transpose(1, 2, 0))
+        out = cv.cv2().resize(hwc, (w, h), interpolation=_INTERP[self.interp_mode])
+        return out.reshape(h, w, -1).transpose(2, 0, 1)
+
+    def _resize_value(self, value, arr, keys, j):
+        """The resize of a record given as Datum bytes: SSD-Caffe resizes the decoded image of
+        an encoded record; its raw-record path has no resize (and fails its shape check when
+        the record is not already the resize's size)."""
+        if parse_datum(value).encoded:
+            return self._resized(arr)
+        if arr.shape[1:] != self.resize:
+            h, w = self.resize
+            raise TransformError(
+                f"{_name(keys, j)} is a raw (not encoded) record of {arr.shape[1]} x "
+                f"{arr.shape[2]}: SSD-Caffe applies resize_param ({h} x {w}) to encoded "
+                "records only (on a raw record of another size its shape check fails); "
+                "convert the images encoded (--encoded) or at that size (--resize_height/"
+                "--resize_width)")
+        return arr
 
     def _decode(self, value, color):
         arr, label = decode(value, color)
@@ -349,7 +416,7 @@ class Transform:
                          color: bool | None = None,
                          alloc: Callable[[tuple, np.dtype], np.ndarray] | None = None,
                          channel_order: str = "BGR", layout: str = "CHW",
-                         dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                         dtype: Any = None, geometry: bool = False) -> tuple:
         """``(images, labels)`` of serialized Datum records: decoded and transformed on a
         thread pool into one float32 (N, C, crop, crop) batch and an (N,) int64 label array.
 
@@ -366,6 +433,13 @@ class Transform:
                 arr, label = decode(values[j], mode)
             except DatumDecodeError as exc:
                 raise DatumDecodeError(f"{_name(keys, j)}: {exc}") from exc
+            if self.resize is not None:
+                arr = self._resize_value(values[j], arr, keys, j)
+            if geometry and self._mean is not None and parse_datum(values[j]).encoded:
+                raise TransformError(
+                    f"{_name(keys, j)} is encoded: a mean_file with the boxes of encoded "
+                    "records is not supported yet (SSD-Caffe's transformer indexes the mean "
+                    "of a decoded image differently from Caffe's); use mean_value")
             if arr.dtype != np.uint8 and arr.dtype != _F4:
                 raise TransformError(
                     f"{_name(keys, j)} decodes to {arr.dtype} pixels; Caffe's DataTransformer "
@@ -379,7 +453,8 @@ class Transform:
             return arr, label
 
         labels = np.empty(len(values), np.int64)
-        images = self._run(len(values), get, keys, alloc or np.empty, labels)
+        where = np.zeros((len(values), 7), np.int64) if geometry else None
+        images = self._run(len(values), get, keys, alloc or np.empty, labels, where)
         if channel_order == "RGB" and images.shape[1] == 3:
             images = images[:, ::-1]
         if layout == "HWC":
@@ -388,15 +463,20 @@ class Transform:
             images = images.astype(dtype)
         elif images.base is not None and not images.flags.c_contiguous:
             images = np.ascontiguousarray(images)
+        if geometry:
+            return images, labels, where
         return images, labels
 
-    def _run(self, n, get, keys, alloc, labels=None):
-        """Transform records 0..n-1 (``get(j)`` -> (array, label)) into one batch."""
+    def _run(self, n, get, keys, alloc, labels=None, where=None):
+        """Transform records 0..n-1 (``get(j)`` -> (array, label)) into one batch; ``where``:
+        an (n, 7) array to record each one's crop and mirror in (see transform_values)."""
         draws = self.draw(n)
         arr0, label0 = get(0)
         shape = self.output_shape(self._check_record(arr0, keys, 0))
         out = alloc((n,) + shape, _F4)
-        self._apply(arr0, None if draws is None else draws[0], out[0], keys, 0)
+        placed = self._apply(arr0, None if draws is None else draws[0], out[0], keys, 0)
+        if where is not None:
+            where[0] = (*placed[:4], *arr0.shape[1:], placed[4])
         if labels is not None:
             labels[0] = label0
 
@@ -408,7 +488,10 @@ class Transform:
                     if here != shape:
                         return ShapeMismatchError(mismatch_message(
                             _name(keys, 0), shape, _name(keys, j), here, transformed=True))
-                    self._apply(arr, None if draws is None else draws[j], out[j], keys, j)
+                    placed = self._apply(arr, None if draws is None else draws[j], out[j], keys,
+                                         j)
+                    if where is not None:
+                        where[j] = (*placed[:4], *arr.shape[1:], placed[4])
                 except (DatumDecodeError, ShapeMismatchError, ValueError) as exc:
                     return exc
                 if labels is not None:
@@ -453,7 +536,8 @@ class Transform:
         return c, h, w
 
     def _apply(self, arr, r, dest, keys, j):
-        """One record (C, H, W) into dest (C, h, w) float32, as Caffe's Transform does."""
+        """One record (C, H, W) into dest (C, h, w) float32, as Caffe's Transform does.
+        Returns where it was taken from: ``(h_off, w_off, crop_h, crop_w, mirrored)``."""
         c, h, w = arr.shape
         i = 0
         mirror = False
@@ -482,7 +566,7 @@ class Transform:
             src = _scratch((c, ch, cw), np.uint8)
             cv2.split(np.ascontiguousarray(region) if c > 4 else region, list(src))
             self._planes(src, mirror, False, h_off, w_off, dest)
-            return
+            return h_off, w_off, ch, cw, int(mirror)
         src = arr[:, h_off:h_off + ch, w_off:w_off + cw]
         if src.dtype == np.uint8:
             # a raw record (C, H, W): plane by plane, so that each plane's subtract and
@@ -490,7 +574,7 @@ class Transform:
             # OpenCV into a scratch plane (NumPy's casting subtract over a reversed view
             # costs twice a contiguous one). The arithmetic is the same as below.
             self._planes(src, mirror, mirror, h_off, w_off, dest)
-            return
+            return h_off, w_off, ch, cw, int(mirror)
         if mirror:
             src = src[:, :, ::-1]
         if self._mean is not None:
@@ -500,9 +584,10 @@ class Transform:
             np.subtract(src, self._channel_means(c)[:, None, None], out=dest, dtype=_F4)
         else:
             np.multiply(src, self._scale, out=dest, dtype=_F4)
-            return
+            return h_off, w_off, ch, cw, int(mirror)
         if self._scale != 1:
             np.multiply(dest, self._scale, out=dest)
+        return h_off, w_off, ch, cw, int(mirror)
 
     def _channel_means(self, c):
         mv = self._mean_values
@@ -535,6 +620,31 @@ class Transform:
             if self._scale != 1:
                 np.multiply(out, self._scale, out=out)
 
+    # -- boxes (SSD-Caffe's AnnotatedDatum records) ----------------------------------------------
+
+    def transform_boxes(self, rows: Sequence[np.ndarray], geometry: np.ndarray,
+                        pixels: bool = False) -> list[np.ndarray]:
+        """The boxes of each record moved as its image was: ``rows[j]`` are record j's box rows
+        (``group_label, instance_id, xmin, ymin, xmax, ymax, difficult``, normalized, as
+        :meth:`~caffe_lmdb.read.reader.DatumDB.boxes` gives them) and ``geometry[j]`` where
+        its image was cropped and whether it was mirrored (``transform_values(...,
+        geometry=True)``). As SSD-Caffe's TransformAnnotation, in float32: a box that fails the
+        ``emit_constraint`` or does not overlap the crop is dropped, the others are projected
+        into the crop, clipped to [0, 1], dropped if nothing is left of them, and mirrored
+        with the image; labels, instance ids and ``difficult`` are kept. A resize (WARP)
+        leaves normalized boxes as they are. ``pixels=True``: coordinates in pixels of the
+        transformed image."""
+        out = []
+        for j, box_rows in enumerate(rows):
+            g = [int(v) for v in geometry[j]]
+            moved = project_boxes(box_rows, g, self.emit_constraint, self.emit_overlap)
+            if pixels:
+                from ..format.annotated import boxes_to_pixels
+
+                moved = boxes_to_pixels(moved, g[3], g[2])
+            out.append(moved)
+        return out
+
     # -- Caffe's files -------------------------------------------------------------------------
 
     @classmethod
@@ -549,6 +659,85 @@ class Transform:
 
         return from_prototxt(text_or_path, phase, layer=layer, root=root, seed=seed,
                              level=level, stages=stages).transform
+
+
+def _check_resize(resize):
+    if resize is None:
+        return None
+    try:
+        h, w = (int(v) for v in resize)
+    except (TypeError, ValueError):
+        raise ValueError(f"resize is (height, width), not {resize!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"resize needs a height and a width > 0 (SSD-Caffe: \"Check failed: "
+                         f"resize_param().height() > 0\"), not {resize!r}")
+    return h, w
+
+
+def project_boxes(rows: np.ndarray, geometry: Sequence[int], emit_constraint: str | None = None,
+                  emit_overlap: float = 0.0) -> np.ndarray:
+    """Box rows (``group_label, instance_id, xmin, ymin, xmax, ymax, difficult``) after the crop
+    and mirror ``geometry = (h_off, w_off, crop_h, crop_w, height, width, mirrored)``, with
+    SSD-Caffe's float32 arithmetic and order (its DataTransformer::TransformAnnotation,
+    MeetEmitConstraint, ProjectBBox, ClipBBox and BBoxSize). Rows keep their order; a group
+    none of whose boxes is kept has no rows left."""
+    f4 = np.float32
+    rows = np.asarray(rows, np.float64).reshape(-1, 7)
+    h_off, w_off, crop_h, crop_w, height, width, mirrored = (int(v) for v in geometry)
+    # the crop, normalized: Dtype(w_off) / img_width, ...
+    cx0 = f4(w_off) / f4(width)
+    cy0 = f4(h_off) / f4(height)
+    cx1 = f4(w_off + crop_w) / f4(width)
+    cy1 = f4(h_off + crop_h) / f4(height)
+    x0, y0, x1, y1 = (rows[:, k].astype(f4) for k in (2, 3, 4, 5))
+    keep = np.ones(len(rows), bool)
+    with np.errstate(all="ignore"):
+        if emit_constraint == "CENTER":
+            xc = (x0 + x1) / f4(2)
+            yc = (y0 + y1) / f4(2)
+            keep &= (xc >= cx0) & (xc <= cx1) & (yc >= cy0) & (yc <= cy1)
+        elif emit_constraint == "MIN_OVERLAP":
+            keep &= _coverage(x0, y0, x1, y1, cx0, cy0, cx1, cy1) > f4(emit_overlap)
+        # ProjectBBox: no overlap with the crop
+        keep &= ~((x0 >= cx1) | (x1 <= cx0) | (y0 >= cy1) | (y1 <= cy0))
+        cw = f4(cx1 - cx0)
+        chh = f4(cy1 - cy0)
+        px0 = _clip((x0 - cx0) / cw)
+        py0 = _clip((y0 - cy0) / chh)
+        px1 = _clip((x1 - cx0) / cw)
+        py1 = _clip((y1 - cy0) / chh)
+        keep &= _size(px0, py0, px1, py1) > 0
+        if mirrored:
+            px0, px1 = f4(1) - px1, f4(1) - px0
+    out = rows[keep].copy()
+    for k, v in zip((2, 3, 4, 5), (px0, py0, px1, py1), strict=True):
+        out[:, k] = v[keep]
+    return out
+
+
+def _clip(v):
+    """std::max(std::min(v, 1.f), 0.f), NaN and signed zeros included."""
+    v = np.where(np.float32(1) < v, np.float32(1), v)
+    return np.where(v < np.float32(0), np.float32(0), v).astype(np.float32)
+
+
+def _size(x0, y0, x1, y1):
+    """BBoxSize of normalized boxes: 0 when inverted, else width * height (float32)."""
+    area = (x1 - x0) * (y1 - y0)
+    return np.where((x1 < x0) | (y1 < y0), np.float32(0), area).astype(np.float32)
+
+
+def _coverage(x0, y0, x1, y1, cx0, cy0, cx1, cy1):
+    """BBoxCoverage(box, crop): the share of each box inside the crop (float32)."""
+    apart = (cx0 > x1) | (cx1 < x0) | (cy0 > y1) | (cy1 < y0)
+    z = np.float32(0)
+    ix0 = np.where(apart, z, np.maximum(x0, cx0))
+    iy0 = np.where(apart, z, np.maximum(y0, cy0))
+    ix1 = np.where(apart, z, np.minimum(x1, cx1))
+    iy1 = np.where(apart, z, np.minimum(y1, cy1))
+    inter = _size(ix0, iy0, ix1, iy1)
+    cover = (inter / _size(x0, y0, x1, y1)).astype(np.float32)
+    return np.where(inter > 0, cover, z)
 
 
 def _load_mean(mean_file) -> np.ndarray:
