@@ -43,11 +43,27 @@ def _compile_from_source() -> None:
         raise ImportError(f"protoc could not compile {protos}")
 
 
+def _stale() -> bool:
+    """In a source checkout: the descriptors are missing, or older than a .proto file (edited
+    since the last build)."""
+    if not os.path.isdir(_SOURCE):
+        return False
+    try:
+        built = os.path.getmtime(DESCRIPTOR_FILE)
+    except OSError:
+        return True
+    with os.scandir(_SOURCE) as entries:
+        return any(e.name.endswith(".proto") and e.stat().st_mtime > built for e in entries)
+
+
 def _load_descriptor() -> bytes:
-    if not os.path.exists(DESCRIPTOR_FILE) and os.path.isdir(_SOURCE):
+    if _stale():
         try:
             _compile_from_source()
         except ImportError as exc:
+            if os.path.exists(DESCRIPTOR_FILE):  # no grpcio-tools here: the last build
+                with open(DESCRIPTOR_FILE, "rb") as f:
+                    return f.read()
             raise ImportError(
                 f"{DESCRIPTOR_FILE} is missing: install the package (pip install -e .), which "
                 "compiles proto/*.proto, or run: python -m grpc_tools.protoc -Iproto "
