@@ -156,3 +156,64 @@ def test_default_commits_small_records_in_batches_of_about_4_mib(tmp_path, backe
     assert every == -(-COMMIT_MIN_BYTES // 784) and done == -(-12_000 // every)
     assert commits(784, 3_000, commit_every=1000) == (3, 1000)
     assert commits(5000, 2_500) == (3, 1000)
+
+
+def test_datum_writer_thread_owns_the_sink_and_hands_it_back(tmp_path, monkeypatch):
+    """Blocks go to a writer thread (the caller's loop runs on during a commit); an explicit
+    commit, a record of another kind and close() take the sink back with everything put
+    committed, in order; every put and commit of LMDB happens in one thread at a time."""
+    import threading
+
+    from caffe_lmdb.storage.lmdb import LMDBWriter
+
+    seen = []
+    for name in ("put_many", "put", "commit"):
+        original = getattr(LMDBWriter, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            seen.append((_name, threading.current_thread().name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(LMDBWriter, name, spy)
+    images = np.random.default_rng(6).integers(0, 256, (9000, 1, 4, 4), dtype=np.uint8)
+    with caffe_lmdb.DatumWriter(tmp_path / "db", commit_every=1000) as w:
+        for i in range(4000):
+            w.put(images[i], i)
+        w.commit()
+        assert w._sink.entries == 4000  # committed
+        for i in range(4000, 8000):
+            w.put(images[i], i)
+        w.put(array_to_datum_bytes(images[8000], 8000))  # another kind: no thread from now on
+        for i in range(8001, 9000):
+            w.put(images[i], i)
+    want = [array_to_datum_bytes(images[i], i) for i in range(9000)]
+    assert [v for _, v in _pairs(tmp_path / "db")] == want
+    threads = {t for _, t in seen}
+    assert "caffe_lmdb-writer" in threads and threading.current_thread().name in threads
+    last_writer = max(i for i, (_, t) in enumerate(seen) if t == "caffe_lmdb-writer")
+    first_single = min(i for i, (n, _) in enumerate(seen) if n == "put")
+    assert last_writer < first_single  # the thread was done before this thread wrote again
+
+
+def test_datum_writer_thread_error_is_raised_and_earlier_commits_kept(tmp_path, monkeypatch):
+    from caffe_lmdb.errors import WriteError
+    from caffe_lmdb.storage.lmdb import LMDBWriter
+
+    images = np.random.default_rng(7).integers(0, 256, (5000, 1, 4, 4), dtype=np.uint8)
+    original = LMDBWriter.put_many
+    calls = []
+
+    def failing(self, keys, values, replace=False):
+        calls.append(len(keys))
+        if sum(calls) > 3000:
+            raise WriteError("disk full (simulated)")
+        return original(self, keys, values, replace)
+
+    monkeypatch.setattr(LMDBWriter, "put_many", failing)
+    with pytest.raises(WriteError, match="simulated"):
+        with caffe_lmdb.DatumWriter(tmp_path / "db", commit_every=1000) as w:
+            for i in range(5000):
+                w.put(images[i], i)
+    pairs = _pairs(tmp_path / "db")
+    assert 2000 <= len(pairs) <= 3000 and len(pairs) % 1000 == 0
+    assert [v for _, v in pairs] == [array_to_datum_bytes(images[i], i) for i in range(len(pairs))]

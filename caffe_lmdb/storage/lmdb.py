@@ -493,6 +493,11 @@ class LMDBWriter:
         """Records put but not committed yet."""
         return len(self._batch)
 
+    @property
+    def pending_bytes(self):
+        """Bytes of the values put but not committed yet."""
+        return self._batch_bytes
+
     def commit(self):
         """Commit the batch (growing the map and replaying it if LMDB is full at commit)."""
         if self._txn is None:

@@ -19,6 +19,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
+import threading
 import time
 
 import numpy as np
@@ -570,6 +572,52 @@ def write_arrays(path, images, labels=None, *, channels_last=False, workers=1, *
     return run(source, path, job="write_arrays", **options)
 
 
+class _WriterThread:
+    """The thread that owns a DatumWriter's sink while blocks of small arrays stream in: it
+    puts each block and commits where the DatumWriter says, so that the caller's loop goes on
+    while a commit waits for the disk. (LMDB wants a write transaction begun and committed by
+    one thread: while this thread runs, no other touches the sink.) ``stop()`` commits what
+    is pending, here, and ends the thread; an error of the thread is raised by ``stop()``."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.error = None
+        self._jobs: queue.Queue = queue.Queue(maxsize=2)  # at most two blocks waiting
+        self._thread = threading.Thread(target=self._run, name="caffe_lmdb-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        sink = self.sink
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            if self.error is not None:
+                continue
+            keys, values, commit = job
+            try:
+                sink.put_many(keys, values)
+                if commit:
+                    sink.commit()
+            except BaseException as exc:  # handed to the caller's thread by stop()
+                self.error = exc
+        if self.error is None:
+            try:
+                sink.commit()
+            except BaseException as exc:
+                self.error = exc
+
+    def submit(self, keys, values, commit):
+        self._jobs.put((keys, values, commit))
+
+    def stop(self):
+        self._jobs.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class DatumWriter:
     """Write Datum records from your own loop, with the converters' guarantees.
 
@@ -609,6 +657,12 @@ class DatumWriter:
         self._labels = []
         self._shape = self._dtype = self._unlabelled = None  # of the block being filled
         self._flush_at = 0
+        # blocks are written by a _WriterThread (LMDB) until a record of another kind comes;
+        # meanwhile the records and bytes put but not committed are counted here, as the sink
+        # counts them, to say where it commits
+        self._thread = None
+        self._threaded = hasattr(self._sink, "put_many") and hasattr(self._sink, "policy")
+        self._uncommitted = self._uncommitted_bytes = 0
 
     @property
     def index(self):
@@ -628,8 +682,6 @@ class DatumWriter:
             self._labels.append(label)
             if len(rows) >= self._flush_at:
                 self._flush()
-                if self._sink.batch_full:
-                    self._sink.commit()
             return
         if self._closed:
             raise ValueError(f"DatumWriter for {self.path} is closed")
@@ -640,6 +692,7 @@ class DatumWriter:
                 self._start_block(arr, label)
                 self.put(arr, label)
                 return
+        self._stop_thread(for_good=True)  # a record of another kind: written here from now on
         if key is None:
             key = index_key(self._done, self.key_width)
         elif isinstance(key, str):
@@ -662,9 +715,24 @@ class DatumWriter:
         and serialized and put together (with NumPy, when the block is full, at a commit
         point, or when a record of another kind comes): the same records, keys and commits as
         one by one, at a fraction of the cost per record."""
-        rows = max(1, min(self._sink.commit_every, _BLOCK_BYTES // arr.nbytes))
+        sink = self._sink
+        if self._threaded and self._thread is None:
+            if sink.policy.auto:  # the commit interval, set now from this first record's size
+                sink.policy.first_record(len(array_to_datum_bytes(arr, label)))
+            self._uncommitted, self._uncommitted_bytes = sink.pending, sink.pending_bytes
+            self._thread = _WriterThread(sink)
+        pending = self._uncommitted if self._thread is not None else sink.pending
+        rows = max(1, min(sink.commit_every, _BLOCK_BYTES // arr.nbytes))
         self._shape, self._dtype, self._unlabelled = arr.shape, arr.dtype, label is None
-        self._flush_at = min(rows, self._sink.commit_every - self._sink.pending)
+        self._flush_at = max(1, min(rows, sink.commit_every - pending))
+
+    def _stop_thread(self, for_good=False):
+        """Commit what the writer thread holds and take the sink back to this thread."""
+        thread, self._thread = self._thread, None
+        if for_good:
+            self._threaded = False
+        if thread is not None:
+            thread.stop()
 
     def _flush(self):
         """Write the pending block."""
@@ -679,23 +747,41 @@ class DatumWriter:
         self._done += n
         self._labels = []
         self._shape = None  # the next array starts a new block (and a new flush point)
-        put_many = getattr(self._sink, "put_many", None)
+        size = sum(map(len, values))
+        self._bytes += size
+        sink = self._sink
+        if self._thread is not None:
+            if self._thread.error is not None:
+                self._stop_thread(for_good=True)  # raises the thread's error
+            self._uncommitted += n
+            self._uncommitted_bytes += size
+            commit = sink.policy.full(self._uncommitted, self._uncommitted_bytes)
+            if commit:
+                self._uncommitted = self._uncommitted_bytes = 0
+            self._thread.submit(keys, values, commit)
+            return
+        put_many = getattr(sink, "put_many", None)
         if put_many is not None:
             put_many(keys, values)
         else:
             for k, v in zip(keys, values, strict=True):
-                self._sink.put(k, v)
-        self._bytes += sum(map(len, values))
+                sink.put(k, v)
+        if sink.batch_full:
+            sink.commit()
 
     def commit(self):
         self._flush()
+        self._stop_thread()
         self._sink.commit()
 
     def close(self):
         if not self._closed:
             self._closed = True
             try:
-                self._flush()
+                try:
+                    self._flush()
+                finally:
+                    self._stop_thread()
             finally:
                 self._sink.close()
         return Summary(path=self.path, total=self.index, written=self._sink.entries,
