@@ -132,9 +132,14 @@ def test_shards_of_a_conversion_merge_into_the_whole(fixtures, tmp_path):
         assert s.total == [8, 9, 9][k]  # 26 lines: positions 0-7, 8-16, 17-25
         parts.append(part)
     caffe_lmdb.convert_imageset(f"{images}/", images / "list.txt", tmp_path / "whole", **opts)
+    whole = caffe_lmdb.convert_imageset(f"{images}/", images / "list.txt", tmp_path / "whole2",
+                                        **opts)
     summary = caffe_lmdb.merge(tmp_path / "merged", parts)
     assert read_lmdb(tmp_path / "merged") == read_lmdb(tmp_path / "whole")
-    assert summary.written == 24
+    assert summary.written == 24 and summary.total == 26
+    # the parts' skipped samples, as the whole conversion skipped them (issue 16)
+    assert [(s.key, s.where, s.reason) for s in summary.skipped] == \
+        [(s.key, s.where, s.reason) for s in whole.skipped] and len(whole.skipped) == 2
     with pytest.raises(OptionError, match="needs --seed"):
         caffe_lmdb.convert_imageset(f"{images}/", images / "list.txt", tmp_path / "x",
                                     shuffle=True, shard=(0, 2))
@@ -151,7 +156,7 @@ def test_cli_shards_and_merge(fixtures, tmp_path, capsys):
         assert main(["convert-imageset", f"--shard={k}/2", *base, str(tmp_path / f"p{k}")]) == 0
     assert main(["merge", str(tmp_path / "out"), str(tmp_path / "p0"), str(tmp_path / "p1")]) == 0
     out = capsys.readouterr().out
-    assert "24 records written, 0 skipped" in out and "merged: 2 databases" in out
+    assert "24 records written, 2 skipped" in out and "merged: 2 databases" in out
     assert read_lmdb(tmp_path / "out") == read_lmdb(fixtures / "imageset_raw_32x32")
     # errors: one line, exit 1
     assert main(["merge", str(tmp_path / "o2"), str(tmp_path / "p1"), str(tmp_path / "p0")]) == 1
@@ -159,3 +164,20 @@ def test_cli_shards_and_merge(fixtures, tmp_path, capsys):
     assert err.startswith("caffe-lmdb: ") and err.count("\n") == 1 and "comes before" in err
     assert main(["merge", str(tmp_path / "out"), str(tmp_path / "p0")]) == 1
     assert "already holds an LMDB: pass --overwrite" in capsys.readouterr().err
+
+
+def test_an_interrupted_part_is_refused(fixtures, tmp_path):
+    """A part whose conversion stopped (its state says not done) would leave a hole."""
+    import json
+
+    images = fixtures / "inputs" / "images"
+    for k in range(2):
+        caffe_lmdb.convert_imageset(f"{images}/", images / "list.txt", tmp_path / f"p{k}",
+                                    shard=(k, 2), resize_height=8, resize_width=8)
+    state_file = tmp_path / "p1" / "convert_state.json"
+    state = json.loads(state_file.read_text())
+    state["done"] = False
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(OptionError, match=r"p1 is incomplete: .*--resume"):
+        caffe_lmdb.merge(tmp_path / "out", [tmp_path / "p0", tmp_path / "p1"])
+    assert not (tmp_path / "out").exists()

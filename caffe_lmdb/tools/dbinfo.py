@@ -13,7 +13,6 @@
 
 All three read a chunk of records at a time: memory does not grow with the database.
 """
-import json
 import os
 import re
 import zipfile
@@ -35,6 +34,7 @@ from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes, image_format
 from ..messages import human_bytes, lmdb_1_message
 from ..read.reader import DatumDB, as_db, check_structure
+from ..write.sink import incomplete_message
 
 __all__ = ["info", "verify", "export", "DBInfo", "Problem"]
 
@@ -308,29 +308,10 @@ def _file_sizes(db, report):
     report.file_bytes, used = db.disk_usage()
     report.used_bytes = used if db.backend == "lmdb" else 0
     report.data_format = db.data_format if db.backend == "lmdb" else None
-    report.incomplete = _incomplete(db.path)
+    report.incomplete = incomplete_message(db.path)
 
 
 #: the resume state a converter keeps beside data.mdb (caffe_lmdb.write.sink.STATE_NAME)
-_STATE_NAME = "convert_state.json"
-
-
-def _incomplete(path):
-    """What the resume state beside the database says when its conversion did not finish."""
-    try:
-        with open(os.path.join(path, _STATE_NAME), encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or state.get("done", True):
-        return None
-    job = state.get("job") or {}
-    name = str(job.get("job", "convert")).replace("_", "-")
-    return (f"the {name} run writing it stopped after sample {state.get('next_index', 0)} "
-            f"({state.get('written', 0)} records committed; see {_STATE_NAME}): run the same "
-            "command again with --resume to finish it")
-
-
 def _box_facts(db, report, scan, problems):
     """Boxes of an AnnotatedDatum database: count, labels, records without boxes, odd boxes
     (problems of verify when ``problems``)."""

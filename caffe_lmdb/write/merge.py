@@ -22,7 +22,15 @@ import time
 
 from ..errors import KeyRangeError, OptionError, OutputExistsError, show_key
 from ..read.reader import DatumDB
-from .sink import DEFAULT_MAP_SIZE, OWN_FILES, open_sink, prepare_output
+from .encode import Skip
+from .sink import (
+    DEFAULT_MAP_SIZE,
+    OWN_FILES,
+    incomplete_message,
+    open_sink,
+    prepare_output,
+    skipped_samples,
+)
 from .summary import Summary
 
 __all__ = ["merge"]
@@ -136,6 +144,10 @@ def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_
     inputs = [os.fspath(p) for p in inputs]
     if not inputs:
         raise OptionError("merge needs at least one input database")
+    for path in inputs:  # a part whose conversion stopped would leave a hole in the merge
+        unfinished = incomplete_message(path)
+        if unfinished is not None:
+            raise OptionError(f"{path} is incomplete: {unfinished}; then merge")
     ranges = _ranges(inputs)
     for path, *_ in ranges:
         if _same_file(path, out):
@@ -178,7 +190,10 @@ def merge(out, inputs, *, overwrite=False, progress=None, map_size=None, commit_
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     listing = ", ".join(f"{path} ({n})" for path, n, *_ in ranges)
-    return Summary(path=out, total=total, written=written,
+    # what the parts' conversions skipped (their resume states list it), in input order
+    skipped = [Skip(i, key, where, reason) for path in inputs
+               for i, key, where, reason in skipped_samples(path)]
+    return Summary(path=out, total=total + len(skipped), written=written, skipped=skipped,
                    bytes=value_bytes,
                    seconds=time.perf_counter() - t0,
                    file_bytes=os.path.getsize(os.path.join(out, "data.mdb")),

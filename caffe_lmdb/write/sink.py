@@ -149,6 +149,42 @@ def read_state(path):
         return None
 
 
+def _state_or_none(path):
+    try:
+        state = read_state(path)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def incomplete_message(path):
+    """What the resume state beside a database says when the run writing it did not finish
+    (None when it finished, or when no converter wrote it)."""
+    state = _state_or_none(path)
+    if state is None or state.get("done", True):
+        return None
+    job = state.get("job") or {}
+    name = str(job.get("job", "convert")).replace("_", "-")
+    return (f"the {name} run writing it stopped after sample {state.get('next_index', 0)} "
+            f"({state.get('written', 0)} records committed; see {STATE_NAME}): run the same "
+            "command again with --resume to finish it")
+
+
+def skipped_samples(path):
+    """The samples a finished conversion into ``path`` skipped, from its resume state, as
+    ``(index, key, where, reason)`` tuples (key as bytes); [] when there is no state."""
+    state = _state_or_none(path) or {}
+    out = []
+    for item in state.get("skipped") or []:
+        try:
+            i, key, where, reason = item
+            out.append((int(i), str(key).encode("utf-8", "surrogateescape"), str(where),
+                        str(reason)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def write_state(path, state):
     """Save the resume state atomically (a reader sees the old file or the new one)."""
     target = os.path.join(os.fspath(path), STATE_NAME)
