@@ -10,8 +10,7 @@ import re
 import sys
 
 from ..errors import CaffeLMDBError
-from ..format.imagesize import DEFAULT_MAX_PIXELS
-from ..storage.base import backend_name
+from ..format import DEFAULT_MAX_PIXELS
 from ..write.defaults import DEFAULT_TIMEOUT, default_workers
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -269,6 +268,8 @@ def with_progress(args, what, call):
 
 def backend_arg(text):
     """argparse type of --backend: lmdb or leveldb, any case (Caffe writes LMDB, LEVELDB)."""
+    from ..storage.base import backend_name  # (imports typing: not for --help)
+
     try:
         return backend_name(text)
     except ValueError as exc:
@@ -280,6 +281,8 @@ def _check_backend(args):
     db_type = getattr(args, "db_type", None)
     if db_type is None:
         return args.backend
+    from ..storage.base import backend_name
+
     try:
         backend = backend_name(db_type)
     except ValueError as exc:

@@ -19,11 +19,10 @@ import stat
 import struct
 
 from ..errors import ImageReadError, ImageTooLargeError
+from . import DEFAULT_MAX_PIXELS  # the package's constant, exported here too
 
 __all__ = ["DEFAULT_MAX_PIXELS", "declared_size", "check_image"]
 
-#: the default pixel limit (width x height) of the converters: Pillow's bomb threshold
-DEFAULT_MAX_PIXELS = 178_956_970
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xDA)) | {0x01}
