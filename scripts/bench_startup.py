@@ -38,6 +38,9 @@ HEAVY = ("cv2", "google.protobuf", "tqdm", "torch", "ray")
 
 def _env():
     env = dict(os.environ)
+    # a user's interpreter caches compiled modules (numpy's were compiled when it was
+    # installed); with PYTHONDONTWRITEBYTECODE set, every run would compile this package anew
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

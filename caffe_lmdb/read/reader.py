@@ -48,7 +48,6 @@ from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, ValueJoiner, record_s
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import backend_name, detect_backend, open_reader
-from ..storage.leveldb import is_read_only, lmdb_cache
 from .keyindex import DenseKeys, KeysAt, RangeKeys, check_prefix, position, probe_dense, scan_keys
 
 __all__ = ["open", "as_db", "DatumDB"]
@@ -238,6 +237,8 @@ class DatumDB:
     def _open_store(self):
         o = self.options
         if self._backend == "leveldb":
+            from ..storage.leveldb import is_read_only, lmdb_cache  # (not for an LMDB)
+
             if self._cache_path is None and o["cache"] is not False and (
                     o["cache"] is not None or is_read_only(self.path)):
                 self._cache_path = lmdb_cache(self.path, self._cache_folder())
@@ -277,6 +278,8 @@ class DatumDB:
         """The LMDB cache of this LevelDB, made from this process's snapshot when missing."""
         if self._cache_path is not None:
             return self._cache_path
+        from ..storage.leveldb import lmdb_cache
+
         return lmdb_cache(self.path, self._cache_folder(), reader=self._store)
 
     @property
