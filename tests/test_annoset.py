@@ -474,6 +474,21 @@ def test_gray_min_dim_and_check_size(small):
     with pytest.raises(caffe_lmdb.ShapeMismatchError):
         _convert(small, check_size=True, overwrite=True)
     _convert(small, check_size=True, resize_height=8, resize_width=8, overwrite=True)
+    # encoded records of the fork carry channels, height and width: --check_size checks them
+    with pytest.raises(caffe_lmdb.ShapeMismatchError, match=r"1.png.*3x50x25.*3x30x40"):
+        _convert(small, check_size=True, encoded=True, encode_type="png", overwrite=True)
+    _convert(small, check_size=True, encoded=True, encode_type="png", resize_height=8,
+             resize_width=8, overwrite=True)
+
+
+def test_convert_imageset_refuses_check_size_with_encoded(small, tmp_path):
+    """Encoded records of convert_imageset hold no size: the check cannot apply (Caffe stops
+    at the second image); refused before anything is created."""
+    (small / "cls.txt").write_text("img/0.png 0\nimg/1.png 1\n")
+    with pytest.raises(caffe_lmdb.errors.OptionError, match="--check_size.*--encoded"):
+        caffe_lmdb.convert_imageset(str(small) + "/", small / "cls.txt", tmp_path / "enc",
+                                    encoded=True, check_size=True)
+    assert not (tmp_path / "enc").exists()
 
 
 # ---------------------------------------------------------------------------------------------

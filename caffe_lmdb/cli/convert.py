@@ -112,7 +112,8 @@ def _image_flags(p):
     p.add_argument("--resize_height", type=int, default=0, metavar="H",
                    help="resize images to H x W (both must be > 0)")
     p.add_argument("--resize_width", type=int, default=0, metavar="W")
-    flag(p, "check_size", "fail when raw records differ in shape")
+    flag(p, "check_size", "fail when records differ in shape (raw records; with convert-annoset "
+         "encoded ones too, which carry their shape)")
     flag(p, "encoded", "store the encoded image (the file's own bytes when possible)")
     p.add_argument("--encode_type", default="", metavar="TYPE",
                    help="encode as this type (jpg, png, ...); implies --encoded")

@@ -445,9 +445,9 @@ def _check_size(rec, first_shape):
     if is_annotated(value):  # an SSD AnnotatedDatum: check its Datum
         value = unwrap_datum(value)
     f = parse_datum(value)
-    if f.encoded:
-        return first_shape  # encoded records carry no shape (Caffe's check cannot apply)
     shape = [f.channels, f.height, f.width]
+    if f.encoded and not all(shape):
+        return first_shape  # no shape to check (convert_imageset refuses the combination)
     if first_shape is None:
         return shape
     if shape != first_shape:
@@ -458,10 +458,16 @@ def _check_size(rec, first_shape):
     return first_shape
 
 
-def _image_options(gray, resize_height, resize_width, encoded, encode_type, max_pixels):
+def _image_options(gray, resize_height, resize_width, encoded, encode_type, max_pixels,
+                   check_size=False):
     enc = None
     if encoded or encode_type:  # Caffe: a non-empty --encode_type alone also encodes
         enc = str(encode_type).lower().lstrip(".") if encode_type else True
+    if enc is not None and check_size:
+        raise OptionError("--check_size compares the sizes of raw records, and encoded records "
+                          "hold none (Caffe's convert_imageset stops at the second image: "
+                          "'Incorrect data field size'): drop --check_size, or convert without "
+                          "--encoded")
     if isinstance(enc, str):  # checked before anything is created
         from ..format.cv import cv2
 
@@ -501,7 +507,7 @@ def convert_imageset(root, list_file, db, *, gray=False, shuffle=False, seed=Non
     seed = _saved_seed(db, shuffle, seed, options.get("resume"), options.get("shard"))
     source = ListFileSource(root, list_file,
                             _image_options(gray, resize_height, resize_width, encoded,
-                                           encode_type, max_pixels),
+                                           encode_type, max_pixels, check_size),
                             shuffle=shuffle, seed=seed, targets=targets, index_keys=index_keys)
     return run(source, db, job="convert_imageset", targets=bool(targets), check_size=check_size,
                **options)
@@ -517,7 +523,7 @@ def convert_folder(root, db, *, gray=False, shuffle=False, seed=None, resize_hei
     """
     seed = _saved_seed(db, shuffle, seed, options.get("resume"), options.get("shard"))
     source = FolderSource(root, _image_options(gray, resize_height, resize_width, encoded,
-                                               encode_type, max_pixels),
+                                               encode_type, max_pixels, check_size),
                           shuffle=shuffle, seed=seed, index_keys=index_keys)
     labels = "".join(name + "\n" for name in source.classes)
     summary = run(source, db, job="convert_folder", check_size=check_size,
