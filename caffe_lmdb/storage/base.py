@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from ..errors import NotADatumDBError
 
-__all__ = ["ReadTxn", "ReadStore", "WriteStore", "CommitPolicy", "DEFAULT_COMMIT_EVERY",
-           "BACKENDS", "backend_name", "detect_backend", "open_reader", "open_writer"]
+__all__ = ["ReadTxn", "ReadStore", "WriteStore", "CommitPolicy", "PolicyWriter",
+           "DEFAULT_COMMIT_EVERY", "BACKENDS", "backend_name", "detect_backend", "open_reader",
+           "open_writer"]
 
 BACKENDS = ("lmdb", "leveldb")
 
@@ -118,6 +119,22 @@ class CommitPolicy:
 
     def full(self, records: int, nbytes: int) -> bool:
         return records >= self.commit_every or nbytes >= self.commit_bytes
+
+
+class PolicyWriter:
+    """What the engines' writers share: the numbers of their :class:`CommitPolicy`."""
+
+    policy: CommitPolicy
+
+    @property
+    def commit_every(self) -> int:
+        """Records per commit."""
+        return self.policy.commit_every
+
+    @property
+    def commit_bytes(self) -> int:
+        """Bytes pending that make a commit whatever their number."""
+        return self.policy.commit_bytes
 
 
 def backend_name(name: str | None) -> str | None:

@@ -48,7 +48,7 @@ from ..errors import (
     WriteError,
     show_key,
 )
-from .base import CommitPolicy
+from .base import CommitPolicy, PolicyWriter
 
 __all__ = ["import_plyvel", "is_leveldb", "is_leveldb_file", "is_read_only", "LevelDBReader",
            "LevelDBTxn", "LevelDBWriter", "readable_copy", "identity", "lmdb_cache",
@@ -273,7 +273,7 @@ def folder_bytes(path: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class LevelDBWriter:
+class LevelDBWriter(PolicyWriter):
     """The single writer of one LevelDB, with the protocol of
     :class:`~caffe_lmdb.storage.lmdb.LMDBWriter` (see the module docstring). ``map_size`` is
     accepted and ignored (LevelDB has no map). ``hook(point)`` is called at ``put``,
@@ -326,15 +326,6 @@ class LevelDBWriter:
         self._bytes += len(value)
         if self.hook is not None:
             self.hook("put")
-
-    @property
-    def commit_every(self):
-        """Records per commit (see :class:`~caffe_lmdb.storage.base.CommitPolicy`)."""
-        return self.policy.commit_every
-
-    @property
-    def commit_bytes(self):
-        return self.policy.commit_bytes
 
     @property
     def batch_full(self):

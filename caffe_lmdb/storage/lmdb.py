@@ -37,7 +37,7 @@ from ..errors import (
     show_key,
 )
 from ..messages import damaged_message, lmdb_1_message
-from .base import CommitPolicy
+from .base import CommitPolicy, PolicyWriter
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
            "DEFAULT_MAP_SIZE", "data_format", "refuse_lmdb_1", "NEW_DB_OPTIONS",
@@ -339,7 +339,7 @@ class LMDBReader:
 # ---------------------------------------------------------------------------------------------
 
 
-class LMDBWriter:
+class LMDBWriter(PolicyWriter):
     """The single writer of one LMDB (see the module docstring). The folder must have been
     checked by the caller (``caffe_lmdb.write.sink.prepare_output``). ``hook(point)``, when
     given, is called at ``put``, ``commit`` and ``committed`` (the crash tests use it).
@@ -474,15 +474,6 @@ class LMDBWriter:
         if self.hook is not None:
             for _ in range(n):
                 self.hook("put")
-
-    @property
-    def commit_every(self):
-        """Records per commit (see :class:`~caffe_lmdb.storage.base.CommitPolicy`)."""
-        return self.policy.commit_every
-
-    @property
-    def commit_bytes(self):
-        return self.policy.commit_bytes
 
     @property
     def batch_full(self):
