@@ -57,11 +57,14 @@ def check(image, label, i):
     assert label == i, f"record {i} has label {label}"
     assert np.array_equal(image, record(i)), f"record {i}: pixels differ"
 
+deadline = time.monotonic() + 240  # a writer that died never writes .done: give up then
 while not os.path.exists(os.path.join(path, "data.mdb")):
+    assert time.monotonic() < deadline, "no database appeared"
     time.sleep(0.005)
 db = caffe_lmdb.open(path, lock=True)
 seen, snapshots, reads, last = [], 0, 0, 0
 while True:
+    assert time.monotonic() < deadline, f"the writer did not finish ({last} records seen)"
     done = os.path.exists(path + ".done")  # before refresh(): then this snapshot is the last
     db.refresh()
     n = len(db)
@@ -111,13 +114,19 @@ def test_readers_see_whole_commits_while_a_writer_appends(tmp_path):
     path, total, every = tmp_path / "db", 1400, 7
     writer = _python(WRITER, path, total, every)
     readers = [_python(READER, path, total, every, seed) for seed in range(3)]
-    out, err = writer.communicate(timeout=300)
-    assert writer.returncode == 0, err
-    reports = []
-    for r in readers:
-        out, err = r.communicate(timeout=300)
-        assert r.returncode == 0, err
-        reports.append(json.loads(out))
+    try:
+        out, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+        reports = []
+        for r in readers:
+            out, err = r.communicate(timeout=300)
+            assert r.returncode == 0, err
+            reports.append(json.loads(out))
+    finally:  # no reader left behind when the writer failed
+        for p in [writer, *readers]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     # the readers did overlap the writer: they saw the database grow
     assert all(rep["distinct"] >= 3 for rep in reports), reports
     pairs = read_lmdb(path)
