@@ -203,11 +203,11 @@ def test_datum_writer_thread_error_is_raised_and_earlier_commits_kept(tmp_path, 
     original = LMDBWriter.put_many
     calls = []
 
-    def failing(self, keys, values, replace=False):
+    def failing(self, keys, values, replace=False, ascending=False):
         calls.append(len(keys))
         if sum(calls) > 3000:
             raise WriteError("disk full (simulated)")
-        return original(self, keys, values, replace)
+        return original(self, keys, values, replace, ascending)
 
     monkeypatch.setattr(LMDBWriter, "put_many", failing)
     with pytest.raises(WriteError, match="simulated"):
@@ -217,3 +217,21 @@ def test_datum_writer_thread_error_is_raised_and_earlier_commits_kept(tmp_path, 
     pairs = _pairs(tmp_path / "db")
     assert 2000 <= len(pairs) <= 3000 and len(pairs) % 1000 == 0
     assert [v for _, v in pairs] == [array_to_datum_bytes(images[i], i) for i in range(len(pairs))]
+
+
+def test_put_many_ascending_still_refuses_what_it_cannot_append(tmp_path):
+    """ascending=True skips the per-key checks, not the check against the database's last key
+    nor the length of the keys: a block that does not follow goes record by record."""
+    from caffe_lmdb.errors import DuplicateKeyError
+    from caffe_lmdb.storage.lmdb import LMDBWriter
+
+    w = LMDBWriter(str(tmp_path / "db"))
+    w.put_many([b"%08d" % i for i in range(5)], [b"v"] * 5, ascending=True)
+    with pytest.raises(DuplicateKeyError):
+        w.put_many([b"%08d" % i for i in range(4, 8)], [b"v"] * 4, ascending=True)
+    w.abort()
+    w.put_many([b"%08d" % i for i in (99999998, 99999999, 100000000)], [b"v"] * 3,
+               ascending=True)  # the last key is longer: it sorts first, put one by one
+    w.commit()
+    w.close()
+    assert [k for k, _ in _pairs(tmp_path / "db")] == [b"100000000", b"99999998", b"99999999"]

@@ -438,18 +438,23 @@ class LMDBWriter(PolicyWriter):
         if self.hook is not None:
             self.hook("put")
 
-    def put_many(self, keys, values, replace=False):
+    def put_many(self, keys, values, replace=False, ascending=False):
         """Put records whose keys (bytes) ascend, after every key in the database, in one
         C-level loop (py-lmdb's ``putmulti``); the same checks, batching and map growth as
         :meth:`put`.
         Keys that do not ascend past the last one (or ``replace``) go through :meth:`put`
-        one by one."""
+        one by one. ``ascending=True``: the caller made the keys ascending, distinct and of
+        one valid length (e.g. ``%08d`` of successive indices): only the first is checked."""
         n = len(keys)
         if not n:
             return
+        if ascending:
+            unchecked = 0 < len(keys[0]) <= self.max_key and len(keys[-1]) == len(keys[0])
+        else:
+            unchecked = (min(map(len, keys)) > 0 and max(map(len, keys)) <= self.max_key
+                         and keys == sorted(set(keys)))  # (sorted() of sorted keys: one pass)
         if (replace or (self.last_key is not None and keys[0] <= self.last_key)
-                or min(map(len, keys)) == 0 or max(map(len, keys)) > self.max_key
-                or keys != sorted(set(keys))):  # (sorted() of sorted keys: one C pass)
+                or not unchecked):
             for key, value in zip(keys, values, strict=True):
                 self.put(key, value, replace=replace)
             return

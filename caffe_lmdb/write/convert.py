@@ -603,7 +603,7 @@ class _WriterThread:
                 continue
             keys, values, commit = job
             try:
-                sink.put_many(keys, values)
+                sink.put_many(keys, values, ascending=True)  # %0Nd of successive indices
                 if commit:
                     sink.commit()
             except BaseException as exc:  # handed to the caller's thread by stop()
