@@ -235,3 +235,22 @@ def test_put_many_ascending_still_refuses_what_it_cannot_append(tmp_path):
     w.commit()
     w.close()
     assert [k for k, _ in _pairs(tmp_path / "db")] == [b"100000000", b"99999998", b"99999999"]
+
+
+def test_put_many_blocks_are_put_again_when_the_map_grows(tmp_path):
+    """The open transaction's blocks are replayed whole after the map grows (one entry per
+    block in the writer's batch), between single puts, in order."""
+    from caffe_lmdb.storage.lmdb import LMDBWriter
+
+    w = LMDBWriter(str(tmp_path / "db"), map_size=64 << 10, commit_every=10 ** 6)
+    want = []
+    for b in range(6):
+        keys = [b"%08d" % (100 * b + i) for i in range(40)]
+        values = [bytes([b]) * 3000 for _ in keys]
+        w.put_many(keys, values, ascending=True)
+        w.put(b"%08d" % (100 * b + 50), b"single")
+        want += list(zip(keys, values)) + [(b"%08d" % (100 * b + 50), b"single")]
+    assert w.grown > 0 and w.pending == len(want)
+    w.commit()
+    w.close()
+    assert _pairs(tmp_path / "db") == want

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from itertools import repeat
 
 import lmdb
 
@@ -378,7 +377,8 @@ class LMDBWriter(PolicyWriter):
             self.last_key = bytes(cur.key()) if cur.last() else None
             self.entries = txn.stat()["entries"]
         self._txn = None
-        self._batch = []
+        self._batch = []  # what the open transaction holds, to put again if the map grows
+        self._pending = 0
         self._batch_bytes = 0
 
     # -- writing --------------------------------------------------------------------------
@@ -403,7 +403,10 @@ class LMDBWriter(PolicyWriter):
             self._txn = self._begin()
             try:
                 for key, value, append, replace in self._batch:
-                    self._put(key, value, append, replace)
+                    if key is None:  # a block put_many appended: (None, values, keys, None)
+                        self._txn.cursor().putmulti(zip(append, value, strict=True), append=True)
+                    else:
+                        self._put(key, value, append, replace)
                 return
             except lmdb.MapFullError:
                 continue
@@ -432,6 +435,7 @@ class LMDBWriter(PolicyWriter):
             raise DuplicateKeyError(f"key {show_key(key)} is already in {self.path}: keys "
                                     "must be unique (the first value is kept)")
         self._batch.append((key, value, append, replace))
+        self._pending += 1
         self._batch_bytes += len(value)
         if append:
             self.last_key = key
@@ -462,10 +466,12 @@ class LMDBWriter(PolicyWriter):
             self._txn = self._begin()
         if self.policy.auto:
             self.policy.first_record(len(values[0]))
-        items = list(zip(keys, values, strict=True))
+        if len(values) != n:
+            raise ValueError(f"{n} keys but {len(values)} values")
         while True:
             try:
-                consumed, added = self._txn.cursor().putmulti(items, append=True)
+                consumed, added = self._txn.cursor().putmulti(zip(keys, values, strict=True),
+                                                              append=True)
                 break
             except lmdb.MapFullError:
                 self._grow_and_replay()
@@ -473,7 +479,8 @@ class LMDBWriter(PolicyWriter):
                 self._fail(exc)
         if added != n:  # cannot happen with ascending new keys: a bug, not bad input
             self._fail(lmdb.Error(f"putmulti added {added} of {n} records"))
-        self._batch.extend(zip(keys, values, repeat(True), repeat(False), strict=False))
+        self._batch.append((None, values, keys, None))  # the block as one entry
+        self._pending += n
         self._batch_bytes += sum(map(len, values))
         self.last_key = keys[-1]
         if self.hook is not None:
@@ -482,12 +489,12 @@ class LMDBWriter(PolicyWriter):
 
     @property
     def batch_full(self):
-        return self.policy.full(len(self._batch), self._batch_bytes)
+        return self.policy.full(self._pending, self._batch_bytes)
 
     @property
     def pending(self):
         """Records put but not committed yet."""
-        return len(self._batch)
+        return self._pending
 
     @property
     def pending_bytes(self):
@@ -515,7 +522,8 @@ class LMDBWriter(PolicyWriter):
                 self._fail(exc)
         self.entries = entries
         self._txn = None
-        self._batch = []
+        self._batch = []  # what the open transaction holds, to put again if the map grows
+        self._pending = 0
         self._batch_bytes = 0
         if self.hook is not None:
             self.hook("committed")
@@ -537,7 +545,8 @@ class LMDBWriter(PolicyWriter):
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
-        self._batch = []
+        self._batch = []  # what the open transaction holds, to put again if the map grows
+        self._pending = 0
         self._batch_bytes = 0
 
     def close(self):
