@@ -302,6 +302,15 @@ class LevelDBWriter(PolicyWriter):
         self._clear()
         self._failed = False
 
+    def put_many(self, keys, values, replace=False, ascending=False):
+        """Records one after the other, as :meth:`put` (LevelDB has no bulk append; the
+        converters' blocks still save their per-record encoding)."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        put = self.put
+        for key, value in zip(keys, values, strict=True):
+            put(key, value, replace)
+
     def put(self, key, value, replace=False):
         key = bytes(key)
         if not key:

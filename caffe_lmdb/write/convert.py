@@ -667,7 +667,7 @@ class DatumWriter:
         # meanwhile the records and bytes put but not committed are counted here, as the sink
         # counts them, to say where it commits
         self._thread = None
-        self._threaded = hasattr(self._sink, "put_many") and hasattr(self._sink, "policy")
+        self._threaded = self.backend == "lmdb"  # (the thread is for LMDB's commits)
         self._uncommitted = self._uncommitted_bytes = 0
 
     @property
