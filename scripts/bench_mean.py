@@ -12,8 +12,8 @@ and times, interleaved (A B C A B C ...), medians of --runs:
 
 * ``caffe-lmdb compute-mean DB OUT --quiet`` as a fresh process (the console script's code);
 * Caffe's ``compute_image_mean DB OUT`` when the environment variable CAFFE_BIN names the
-  folder holding it (BVLC Caffe's build/tools); it is not built here, so without CAFFE_BIN
-  only our figure and the floor are printed;
+  folder holding it (BVLC Caffe's build/tools; docs/performance.md says how it was built for
+  the figures there); without CAFFE_BIN only our figure and the floor are printed;
 * the floor: a fresh process that opens the LMDB with py-lmdb and copies every value once
   (nothing summed): what just reading the records costs;
 * for reference, the same command with the direct summation switched off (the batch path
