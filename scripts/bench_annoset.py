@@ -130,12 +130,12 @@ def timed(fn, out):
     return time.perf_counter() - t, time.process_time() - c
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     cores = default_workers()
     work = tempfile.mkdtemp(prefix="bench_annoset_", dir=args.workdir)
     try:

@@ -1,6 +1,7 @@
 """Benchmark the image converter against a plain single-process loop, in one run.
 
 Usage: python scripts/bench_convert.py [--images 2000] [--repeat 3] [--workdir DIR] [--small 20000]
+       [--annoset]
 
 Makes ~2,000 synthetic JPEGs of 500 x 375 in a temporary folder, then converts them to raw
 256 x 256 records (convert_imageset --resize_height=256 --resize_width=256) with:
@@ -306,8 +307,17 @@ def main():
                     help="only the LevelDB vs LMDB comparison")
     ap.add_argument("--small", type=int, default=0, metavar="N",
                     help="instead: N small JPEGs (128x96 -> 32x32; the issue's figure is 20000)")
+    ap.add_argument("--annoset", action="store_true",
+                    help="instead: convert-annoset on --images JPEGs with VOC XML files, against "
+                    "a single-process loop writing the same detection database "
+                    "(scripts/bench_annoset.py)")
     args = ap.parse_args()
     cores = default_workers()
+    if args.annoset:
+        from bench_annoset import main as annoset_main  # (it imports this module's helpers)
+
+        return annoset_main(["--images", str(args.images), "--repeat", str(args.repeat)]
+                            + (["--workdir", args.workdir] if args.workdir else []))
     if args.small:
         small_images(args, cores)
         return 0

@@ -169,7 +169,7 @@ def encode_image(path_or_bytes: PathOrBytes, label: int | None,
         path_or_bytes, data = (blob, None) if name is None else (name, blob)
     img, blob, name = read_image(path_or_bytes, gray=gray, resize=resize, data=data)
     if not encode:
-        chw = np.ascontiguousarray(cv.hwc_to_chw(img))
+        chw = cv.planar(img)
         c, h, w = chw.shape
         return datum_bytes(c, h, w, data=chw, label=label, encoded=False)
     ext = extension_of(name) if name is not None else image_format(blob)

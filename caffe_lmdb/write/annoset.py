@@ -138,9 +138,7 @@ def annoset_image_datum(path, label, *, resize_height=0, resize_width=0, min_dim
     c = 1 if img.ndim == 2 else img.shape[2]
     h, w = img.shape[:2]
     if not enc:
-        chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
-        return datum_bytes(c, h, w, data=np.ascontiguousarray(chw), label=label,
-                           encoded=False), orig
+        return datum_bytes(c, h, w, data=cv.planar(img), label=label, encoded=False), orig
     if ((c == 3) == (not gray) and not resize_height and not resize_width and not min_dim
             and not max_dim and _match_ext(os.fspath(path), enc)):
         data = blob
