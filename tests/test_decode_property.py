@@ -172,7 +172,7 @@ def valid_datums(draw):
 
 
 def _varint(v):
-    return codec._varint(v & ((1 << 64) - 1))
+    return codec.write_varint(v & ((1 << 64) - 1))
 
 
 @st.composite

@@ -109,7 +109,7 @@ def mutate(rng, data):
         elif op == 6:  # a scalar field (channels, height, width, label, encoded) set anew
             field = rng.choice([1, 2, 3, 5, 7])
             value = rng.choice([0, 1, 2, -1, 1 << 31, (1 << 31) - 1, 1 << 40, rng.randrange(64)])
-            buf += bytes([field << 3]) + codec._varint(value & ((1 << 64) - 1))
+            buf += bytes([field << 3]) + codec.write_varint(value & ((1 << 64) - 1))
         elif op == 7:  # an unknown field, a group, a fixed64
             buf += rng.choice([b"\x80\x01\x05", b"\x83\x01\x84\x01", b"\x91\x01" + bytes(8),
                                b"\xfa\x3e\x02ab"])

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import AnnotationError, DatumDecodeError
-from .datum import read_varint, skip_field
+from .datum import int32_varint, read_varint, skip_field, write_varint
 
 __all__ = [
     "BBOX", "BOX_COLUMNS", "is_annotated", "annotated_bytes", "parse_annotated",
@@ -49,7 +49,6 @@ BBOX = 0
 #: the columns of a box array
 BOX_COLUMNS = ("group_label", "instance_id", "xmin", "ymin", "xmax", "ymax", "difficult")
 
-_MASK64 = (1 << 64) - 1
 _EMPTY = np.zeros((0, 7), np.float64)
 _EMPTY.setflags(write=False)
 
@@ -57,22 +56,6 @@ _EMPTY.setflags(write=False)
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _int32(value) -> bytes:
-    value = int(value)
-    if not -(1 << 31) <= value < (1 << 31):
-        raise ValueError(f"{value} does not fit an int32 field")
-    return _varint(value & _MASK64)
 
 
 def _rows(boxes) -> np.ndarray:
@@ -93,9 +76,9 @@ def annotated_bytes(datum: bytes, type: int | None = BBOX, boxes=None) -> bytes:
     """
     rows = _rows(boxes)
     datum = bytes(datum)
-    parts = [b"\x0a", _varint(len(datum)), datum]
+    parts = [b"\x0a", write_varint(len(datum)), datum]
     if type is not None:
-        parts += (b"\x10", _int32(type))
+        parts += (b"\x10", int32_varint(type))
     if len(rows):
         blobs = rows[:, 2:6].astype("<f4").tobytes()
         labels = rows[:, 0]
@@ -105,15 +88,15 @@ def annotated_bytes(datum: bytes, type: int | None = BBOX, boxes=None) -> bytes:
             stop = start + 1
             while stop < n and labels[stop] == labels[start]:
                 stop += 1
-            group = [b"\x08", _int32(labels[start])]
+            group = [b"\x08", int32_varint(labels[start])]
             for i in range(start, stop):
                 b = blobs[16 * i:16 * i + 16]
                 bbox = (b"\x0d" + b[0:4] + b"\x15" + b[4:8] + b"\x1d" + b[8:12] + b"\x25"
                         + b[12:16] + (b"\x30\x01" if rows[i, 6] else b"\x30\x00"))
-                ann = b"\x08" + _int32(rows[i, 1]) + b"\x12" + _varint(len(bbox)) + bbox
-                group += (b"\x12", _varint(len(ann)), ann)
+                ann = b"\x08" + int32_varint(rows[i, 1]) + b"\x12" + write_varint(len(bbox)) + bbox
+                group += (b"\x12", write_varint(len(ann)), ann)
             body = b"".join(group)
-            parts += (b"\x1a", _varint(len(body)), body)
+            parts += (b"\x1a", write_varint(len(body)), body)
             start = stop
     return b"".join(parts)
 

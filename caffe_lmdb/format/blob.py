@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DatumDecodeError
-from .datum import messages
+from .datum import messages, write_varint
 
 if TYPE_CHECKING:
     from .proto import BlobProto
@@ -96,20 +96,11 @@ def mean_bytes(array: np.ndarray) -> bytes:
     if max(c, h, w) >= 1 << 31:
         raise ValueError(f"a mean of shape {arr.shape} does not fit BlobProto's int32 fields")
     values = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
-    parts = [b"\x08\x01", b"\x10", _varint(c), b"\x18", _varint(h), b"\x20", _varint(w)]
+    parts = [b"\x08\x01", b"\x10", write_varint(c), b"\x18", write_varint(h), b"\x20",
+             write_varint(w)]
     if values.size:  # a packed field with no values is left out
-        parts += [b"\x2a", _varint(values.nbytes), values.tobytes()]
+        parts += [b"\x2a", write_varint(values.nbytes), values.tobytes()]
     return b"".join(parts)
-
-
-def _varint(value):
-    """Protobuf varint of a non-negative int."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def write_mean(array: np.ndarray, path: str | os.PathLike) -> None:

@@ -41,7 +41,7 @@ __all__ = [
     "Datum", "BlobShape", "BlobProto", "BlobProtoVector",
     "array_to_datum", "array_to_datum_bytes", "arrays_to_datum_bytes", "datum_to_array",
     "datum_bytes", "decode", "parse_datum", "fields_to_array", "float_values", "shape_of",
-    "read_varint", "skip_field", "DatumFields",
+    "read_varint", "write_varint", "int32_varint", "skip_field", "DatumFields",
 ]
 
 _U8 = np.dtype(np.uint8)
@@ -70,7 +70,7 @@ def __getattr__(name: str) -> Any:  # Datum, BlobShape, BlobProto, BlobProtoVect
 # ---------------------------------------------------------------------------------------------
 
 
-def _varint(value):
+def write_varint(value):
     """Protobuf varint of a non-negative int (< 2**64)."""
     out = bytearray()
     while value > 0x7F:
@@ -80,12 +80,12 @@ def _varint(value):
     return bytes(out)
 
 
-def _int32(value):
+def int32_varint(value):
     """Varint of an int32 field: negative values take ten bytes, as in every protobuf."""
     value = int(value)
     if not -(1 << 31) <= value < (1 << 31):
-        raise ValueError(f"{value} does not fit in a Datum's int32 field")
-    return _varint(value & _MASK64)
+        raise ValueError(f"{value} does not fit in an int32 field")
+    return write_varint(value & _MASK64)
 
 
 def _unpacked_floats(values):
@@ -116,13 +116,13 @@ def datum_bytes(channels: int | None = None, height: int | None = None,
     if head is None:  # the fields before the payload, made once per shape
         parts: list = []
         if channels is not None:
-            parts += (b"\x08", _int32(channels))
+            parts += (b"\x08", int32_varint(channels))
         if height is not None:
-            parts += (b"\x10", _int32(height))
+            parts += (b"\x10", int32_varint(height))
         if width is not None:
-            parts += (b"\x18", _int32(width))
+            parts += (b"\x18", int32_varint(width))
         if data is not None:
-            parts += (b"\x22", _varint(len(data)))
+            parts += (b"\x22", write_varint(len(data)))
         head = b"".join(parts)
         if len(_HEADS) < 256:
             _HEADS[shape] = head
@@ -130,7 +130,7 @@ def datum_bytes(channels: int | None = None, height: int | None = None,
     if data is not None:
         parts.append(data)
     if label is not None:
-        parts += (b"\x28", _int32(label))
+        parts += (b"\x28", int32_varint(label))
     if float_data is not None:
         parts.append(_unpacked_floats(float_data))
     if encoded is not None:
@@ -177,9 +177,9 @@ def arrays_to_datum_bytes(arrays, labels=None):
     n, c, h, w = arrays.shape
     pixels = arrays.dtype == _U8
     size = c * h * w
-    head = b"\x08" + _int32(c) + b"\x10" + _int32(h) + b"\x18" + _int32(w)
+    head = b"\x08" + int32_varint(c) + b"\x10" + int32_varint(h) + b"\x18" + int32_varint(w)
     if pixels:
-        head += b"\x22" + _varint(size)
+        head += b"\x22" + write_varint(size)
         body = np.ascontiguousarray(arrays).reshape(n, size)
     else:  # Caffe's unpacked float_data: tag 0x35 + 4 bytes per value
         body = np.empty((n, size, 5), _U8)
