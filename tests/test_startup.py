@@ -71,3 +71,22 @@ def test_help_of_every_command_runs_without_heavy_modules():
                 f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
         modules = _imported_after(code)
         assert _heavy(modules, extra=("numpy",)) == [], name
+
+
+def test_the_parser_of_one_command_is_the_full_parser_s(capsys):
+    """main() builds only the arguments of the command it runs: that command's help (and so its
+    arguments) must be the full parser's, and the top-level help must list every command."""
+    from caffe_lmdb.cli import build_parser, main
+
+    full = build_parser()
+    sub = next(a for a in full._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert capsys.readouterr().out == parser.format_help(), name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out == full.format_help()
+    one = build_parser("info")
+    assert next(a for a in one._actions if a.dest == "command").choices.keys() == \
+        sub.choices.keys()
