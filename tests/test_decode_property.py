@@ -341,3 +341,75 @@ def test_unpacked_float_run_stops_at_a_non_float_tag():
     f = parse_datum(buf)
     assert f.label == 5
     assert np.array_equal(codec.float_values(buf, f.floats, f.float_count), arr_ref)
+
+
+def _runs_of_records(data):
+    """Records of one shape in a few runs of one label size each (as a database sorted by
+    label gives them), with perhaps one byte of one record changed."""
+    sizes = st.sampled_from([(0, 127), (128, 16383), (16384, 2_000_000), None])
+    runs = data.draw(st.lists(st.tuples(sizes, st.integers(1, 90), st.sampled_from([None, False])),
+                              min_size=1, max_size=4))
+    bufs = []
+    for labels, count, encoded in runs:
+        for _ in range(count):
+            label = None if labels is None else data.draw(st.integers(*labels))
+            pixels = data.draw(st.binary(min_size=12, max_size=12))
+            bufs.append(datum_bytes(3, 2, 2, data=pixels, label=label, encoded=encoded))
+    while len(bufs) < 64 * len(runs):  # few runs for their length: the run path's case
+        bufs.append(bufs[-1])
+    if data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(bufs) - 1))
+        at = data.draw(st.integers(0, len(bufs[i]) - 1))
+        changed = bytearray(bufs[i])
+        changed[at] ^= data.draw(st.integers(1, 255))
+        bufs[i] = bytes(changed)
+    return bufs
+
+
+@SETTINGS
+@given(st.data())
+def test_joined_runs_agree_with_decode(data):
+    """Records joined by a ValueJoiner, in runs of different lengths (labels of 1, 2 and 3
+    bytes, no label, encoded=false or absent), one byte perhaps changed: the batch equals the
+    records decoded one by one, or fails on the first that fails alone or differs in shape."""
+    from caffe_lmdb.format.batch import BatchDecoder, ValueJoiner
+
+    bufs = _runs_of_records(data)
+    singles, failure = [], None
+    for buf in bufs:
+        try:
+            arr, label = decode(buf)
+        except DatumDecodeError:
+            failure = DatumDecodeError
+            break
+        if singles and (arr.shape, arr.dtype) != (singles[0][0].shape, singles[0][0].dtype):
+            failure = ValueError
+            break
+        singles.append((arr.copy(), label))
+    joined = ValueJoiner().take(iter(bufs), len(bufs))
+    if failure is not None:
+        with pytest.raises(failure):
+            BatchDecoder().decode(joined)
+        return
+    images, labels = BatchDecoder().decode(joined)
+    assert labels.tolist() == [label for _, label in singles]
+    assert np.array_equal(images, np.stack([arr for arr, _ in singles]))
+
+
+def test_joined_runs_take_the_run_path(monkeypatch):
+    """Records of labels 0..999 in order (runs of 1- and 2-byte labels) are decoded by the run
+    path, not one by one, and right."""
+    from caffe_lmdb.format import batch
+    from caffe_lmdb.format.batch import BatchDecoder, ValueJoiner
+
+    calls = []
+    real = batch._decode_runs
+    monkeypatch.setattr(batch, "_decode_runs", lambda *a: calls.append(real(*a)) or calls[-1])
+    monkeypatch.setattr(batch, "decode", None)  # one by one would call it and fail
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (1000, 1, 4, 3), dtype=np.uint8)
+    bufs = [datum_bytes(1, 4, 3, data=img.tobytes(), label=i) for i, img in enumerate(images)]
+    got, labels = BatchDecoder().decode(ValueJoiner().take(iter(bufs), len(bufs)))
+    assert calls == [True]
+    assert labels.tolist() == list(range(1000))
+    assert np.array_equal(got, images)

@@ -124,14 +124,20 @@ def _simple_tail(tail):
     one or two bytes (``28 <label>``, then optionally ``38 00``), or just ``38 00``, or nothing;
     else None. The mask keeps tag and encoded bytes whole, and the label's continuation bits."""
     if tail in (b"", b"\x38\x00"):
-        return np.full(len(tail), 0xFF, _U8), 0
+        return _MASKS[0, len(tail)], 0
     if len(tail) < 2 or tail[0] != 0x28:
         return None
     size = 1 if tail[1] < 0x80 else (2 if len(tail) > 2 and tail[2] < 0x80 else 0)
     rest = tail[1 + size:]
     if not size or rest not in (b"", b"\x38\x00"):
         return None
-    return np.array([0xFF] + [0x80] * size + [0xFF] * len(rest), _U8), size
+    return _MASKS[size, len(rest)], size
+
+
+# the structure masks of _simple_tail, by (label size, bytes after the label)
+_MASKS = {(0, 0): np.full(0, 0xFF, _U8), (0, 2): np.full(2, 0xFF, _U8)}
+_MASKS.update({(size, rest): np.array([0xFF] + [0x80] * size + [0xFF] * rest, _U8)
+               for size in (1, 2) for rest in (0, 2)})
 
 
 def _tail_labels(tails, tail_len, head_label, equal):
@@ -182,19 +188,25 @@ class JoinedValues(Sequence):
     records (memoryviews into the buffer), which :class:`BatchDecoder` decodes without joining
     them again. Made by :class:`ValueJoiner`; valid until its next ``take``."""
 
-    __slots__ = ("buffer", "sizes", "_offsets")
+    __slots__ = ("buffer", "sizes", "_offsets", "_lengths")
 
     def __init__(self, buffer, sizes):
-        self.buffer, self.sizes, self._offsets = buffer, sizes, None
+        self.buffer, self.sizes, self._offsets, self._lengths = buffer, sizes, None, None
 
     def __len__(self):
         return len(self.sizes)
 
+    def lengths(self):
+        """The records' sizes as an int64 array."""
+        if self._lengths is None:
+            self._lengths = np.array(self.sizes, np.int64)
+        return self._lengths
+
     def offsets(self):
         """Where each record starts in ``buffer`` (an int64 array)."""
         if self._offsets is None:
-            ends = np.cumsum(self.sizes, dtype=np.int64)
-            self._offsets = ends - np.asarray(self.sizes, np.int64)
+            lengths = self.lengths()
+            self._offsets = np.cumsum(lengths) - lengths
         return self._offsets
 
     def __getitem__(self, i):
@@ -302,13 +314,17 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     sizes = buffers.sizes if joined else list(map(len, buffers))
     width = tail_at + _TAIL
     equal = sizes.count(sizes[0]) == n
-    lengths = np.full(n, sizes[0], np.int64) if equal else np.array(sizes, np.int64)
+    lengths = np.full(n, sizes[0], np.int64) if equal else \
+        buffers.lengths() if joined else np.array(sizes, np.int64)
     tail_len = lengths - tail_at
     if tail_len.min() < 0 or tail_len.max() > _TAIL:
         return False
     if joined and equal:  # already joined, and padded at the end
         source = buffers.buffer
         rows = np.ndarray((n, width), _U8, source, 0, (sizes[0], 1))
+    elif joined and f0.data is not None and (bounds := _few_runs(lengths)) is not None:
+        return _decode_runs(buffers, bounds, lengths, f0, head, tail_at, tail_len, out,
+                            labels_out)
     elif joined and stage is not None:  # joined, of different sizes: the rows gathered
         rows = source = stage.gather(buffers, lengths, width)
     elif equal:  # rows one record apart; the padding keeps the last row's tail window in range
@@ -345,6 +361,68 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     if not _split_rows(rows_of, n, n * (tail_at - head)):
         return False  # out may be partly written: the caller rewrites every row
     labels_out[...] = labels
+    return True
+
+
+def _few_runs(lengths):
+    """The starts of the runs of equal lengths in ``lengths``, when there are few of them (at
+    most one per 64 records: records sorted by label come in long runs), else None."""
+    n = len(lengths)
+    cuts = np.flatnonzero(lengths[1:] != lengths[:-1])
+    return None if len(cuts) > n // 64 else [0, *(cuts + 1).tolist(), n]
+
+
+def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labels_out):
+    """_decode_uniform's path for pixel records of a few runs of equal lengths (labels of
+    different varint lengths) joined in one buffer: each run is read through strided views of
+    the buffer (a run's records are one length apart), its heads compared with the first
+    record's, its tails parsed, its payloads copied straight into ``out``."""
+    n = len(lengths)
+    base = np.frombuffer(joined.buffer, _U8)
+    runs = list(zip(bounds, bounds[1:], joined.offsets()[bounds[:-1]].tolist(),
+                    lengths[bounds[:-1]].tolist(), strict=False))
+    head0 = base[:head]
+    for x, y, at, step in runs:
+        heads = np.ndarray((y - x, head), _U8, base, at, (step, 1))
+        if not (heads == head0).all():
+            return False
+    labels = labels_out if labels_out.flags.writeable else np.empty(n, np.int64)
+    for x, y, at, step in runs:  # a run's tails have one length, so one structure
+        first = bytes(base[at + tail_at:at + step])
+        simple = _simple_tail(first)
+        if simple is None:  # (a label of three bytes): the general parse
+            run = _tail_labels(np.ndarray((y - x, _TAIL), _U8, base, at + tail_at, (step, 1)),
+                               tail_len[x:y], f0.label, False)
+            if run is None:
+                return False
+            labels[x:y] = run
+            continue
+        mask, size = simple
+        tails = np.ndarray((y - x, len(mask)), _U8, base, at + tail_at, (step, 1))
+        if len(mask) and not ((tails & mask) == (np.frombuffer(first, _U8) & mask)).all():
+            return False
+        if size == 0:  # no label after the payload: each has the run's first record's
+            labels[x:y] = parse_datum(joined.buffer[at:at + step]).label
+        elif size == 1:
+            labels[x:y] = tails[:, 1]
+        else:
+            labels[x:y] = tails[:, 2]
+            labels[x:y] <<= 7
+            labels[x:y] |= tails[:, 1] & 0x7F
+    size = tail_at - head
+    flat = out.reshape(n, -1)
+
+    def rows_of(a, b):
+        for x, y, at, step in runs:
+            lo, hi = max(x, a), min(y, b)
+            if lo < hi:
+                flat[lo:hi] = np.ndarray((hi - lo, size), _U8, base, at + (lo - x) * step + head,
+                                         (step, 1))
+        return True
+
+    _split_rows(rows_of, n, n * size)
+    if labels is not labels_out:
+        labels_out[...] = labels
     return True
 
 
