@@ -413,3 +413,27 @@ def test_joined_runs_take_the_run_path(monkeypatch):
     assert calls == [True]
     assert labels.tolist() == list(range(1000))
     assert np.array_equal(got, images)
+
+
+@pytest.mark.parametrize("tag", [0x35, 0x0D, 0x3D])
+def test_float_runs_checked_in_every_part(tag):
+    """Float records large enough to be decoded in parts (split across threads, each part a
+    few rows at a time): a tag changed in a late record's run is seen, and the batch then
+    gives what the records give one by one (or the same error)."""
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((300, 4096)).astype(np.float32)
+    bufs = [datum_bytes(4096, 1, 1, float_data=row) for row in rows]
+    bad = bytearray(bufs[277])
+    at = len(bad) - 5 * 1000  # the tag of one of the last floats
+    assert bad[at] == 0x35
+    bad[at] = tag
+    bufs[277] = bytes(bad)
+    try:
+        want = [decode(buf) for buf in bufs]
+    except DatumDecodeError:
+        with pytest.raises(DatumDecodeError, match="record 277"):
+            decode_batch(bufs)
+        return
+    images, labels = decode_batch(bufs)
+    assert np.array_equal(images, np.stack([arr for arr, _ in want]))
+    assert labels.tolist() == [label for _, label in want]

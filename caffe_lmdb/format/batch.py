@@ -57,6 +57,7 @@ class _Pool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.executor: ThreadPoolExecutor | None = None
+        self.workers = 0  # its threads (os.cpu_count() costs a file read per call)
         self.pid = 0
 
     def get(self) -> ThreadPoolExecutor:
@@ -64,7 +65,8 @@ class _Pool:
             if self.executor is None or self.pid != os.getpid():
                 from concurrent.futures import ThreadPoolExecutor  # (imports logging: lazily)
 
-                self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                self.workers = os.cpu_count() or 1
+                self.executor = ThreadPoolExecutor(max_workers=self.workers,
                                                    thread_name_prefix="caffe_lmdb-decode")
                 self.pid = os.getpid()
             return self.executor
@@ -349,10 +351,14 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     if f0.data is None:
         floats = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
 
-        def rows_of(a, b):  # every value of a float run has its tag, then the copy
-            if not _float_tags_ok(source, head + a * stride, stride, b - a, count):
-                return False
-            flat[a:b] = floats[a:b]
+        step = max(1, _CACHED_BYTES // stride)
+
+        def rows_of(a, b):  # every value of a float run has its tag, then the copy; a few
+            for x in range(a, b, step):  # rows at a time, so that the copy reads from cache
+                y = min(b, x + step)
+                if not _float_tags_ok(source, head + x * stride, stride, y - x, count):
+                    return False
+                flat[x:y] = floats[x:y]
             return True
     else:
         def rows_of(a, b):
@@ -438,19 +444,21 @@ def _float_tags_ok(source, offset, stride, n, count):
 
 
 _SPLIT_BYTES = 1 << 20
+#: bytes of float runs checked then copied at once (read twice: they should stay in cache)
+_CACHED_BYTES = 512 << 10
 
 
 def _split_rows(fn, n, nbytes):
     """fn(a, b) over rows [0, n): on one thread per core, 1 MiB of rows or more each, when the
     rows hold 2 MiB or more (NumPy and OpenCV release the GIL), else in this thread. True when
     every call returned True."""
-    if nbytes < 2 * _SPLIT_BYTES:  # checked first: os.cpu_count() is not free
+    if nbytes < 2 * _SPLIT_BYTES:
         return fn(0, n)
-    parts = min(os.cpu_count() or 1, n, nbytes // _SPLIT_BYTES)
+    pool = image_pool()
+    parts = min(_POOL.workers, n, nbytes // _SPLIT_BYTES)
     if parts <= 1:
         return fn(0, n)
     bounds = [n * k // parts for k in range(parts + 1)]
-    pool = image_pool()
     futures = [pool.submit(fn, a, b) for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
     ok = fn(bounds[0], bounds[1])
     return all([f.result() for f in futures]) and ok
