@@ -436,3 +436,35 @@ def test_prefetch_is_ordered_bounded_and_passes_errors():
     early.close()  # the consumer stops: so does the producer
     time.sleep(0.2)
     assert len(produced) < 10
+
+
+def test_blocks_commit_where_single_puts_do(big_list, tmp_path, monkeypatch):
+    """Small images come back from the workers in batches, put a block at a time between the
+    skipped samples: commits still fall every commit_every records, the saved state counts the
+    samples behind each commit, and the records equal those of a record-by-record run."""
+    from caffe_lmdb.storage.lmdb import LMDBWriter
+
+    root, list_file = big_list
+    opts = dict(resize_height=20, resize_width=16, commit_every=7)
+    commits, blocks = [], []
+    real_commit, real_many = LMDBWriter.commit, LMDBWriter.put_many
+
+    def commit(self):
+        commits.append(self.pending)
+        return real_commit(self)
+
+    def put_many(self, keys, values, **kw):
+        blocks.append(len(keys))
+        return real_many(self, keys, values, **kw)
+
+    monkeypatch.setattr(LMDBWriter, "commit", commit)
+    monkeypatch.setattr(LMDBWriter, "put_many", put_many)
+    summary = caffe_lmdb.convert_imageset(root, list_file, tmp_path / "blocks", workers=2, **opts)
+    assert summary.written == 240 and len(summary.skipped) == 20
+    assert max(blocks) > 1  # the block path ran
+    made = [c for c in commits if c]  # (the last commits: the rest, then nothing left)
+    assert set(made[:-1]) == {7} and 0 < made[-1] <= 7 and sum(made) == 240, made
+    monkeypatch.setattr(LMDBWriter, "put_many", lambda *a, **k: pytest.fail("block put"))
+    caffe_lmdb.convert_imageset(root, list_file, tmp_path / "single", workers=2,
+                                check_size=True, **opts)  # (--check_size: record by record)
+    assert read_lmdb(tmp_path / "blocks") == read_lmdb(tmp_path / "single")

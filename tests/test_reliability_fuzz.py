@@ -309,7 +309,8 @@ def caffe_atoi(text):
 _LINE_PARTS = [b"cat/img 001.jpg", b"a.png", b"dir with  spaces/b.JPEG", b"\xff\xfe.jpg",
                b"x" * 600, b"", b"-", b"#comment"]
 _LABELS = [b"0", b"7", b"-3", b"+4", b"007", b"1_000", b"1.5", b"0x10", b"2147483648",
-           b"-2147483648", b" ", b"", b"\t5", b"5\t", b"\xd9\xa3", b"1e3", b"nan", b"\x00"]
+           b"-2147483648", b" ", b"", b"\t5", b"5\t", b"\xd9\xa3", b"1e3", b"nan", b"\x00",
+           b"999999999", b"2147483647", b"0000000012", b"5\r"]
 
 
 def list_line(rng):
@@ -393,6 +394,7 @@ def fuzz_list_files(rng, n, ctx, lines_per_file=(1, 30)):
         for i, (sample, raw) in enumerate(zip(samples, kept)):
             want_path = raw.rstrip(b"\r").rpartition(b" ")[0]
             assert sample.key == b"%08d_" % i + want_path
+            assert sample.label == parse_list_line(raw, (path, i + 1))[1]
     return fed
 
 

@@ -58,4 +58,9 @@ def read_list_file(path, targets: int = 0) -> Iterator[tuple[bytes, int, tuple |
     while lines and not lines[-1].strip():
         lines.pop()
     for n, raw in enumerate(lines, 1):
+        if not targets:  # the common line, `path label` with a plain label, read at once
+            head, _, label = raw.rpartition(b" ")
+            if head and label.isdigit() and len(label) < 10:
+                yield head, int(label), None
+                continue
         yield parse_list_line(raw, (path, n), targets)

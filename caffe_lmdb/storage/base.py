@@ -8,7 +8,7 @@ over the package. :func:`open_reader` and :func:`open_writer` pick the engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ..errors import NotADatumDBError
@@ -127,6 +127,16 @@ class PolicyWriter:
     policy: CommitPolicy
 
     @property
+    def pending(self) -> int:
+        """Records put but not committed yet."""
+        raise NotImplementedError
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the values put but not committed yet."""
+        raise NotImplementedError
+
+    @property
     def commit_every(self) -> int:
         """Records per commit."""
         return self.policy.commit_every
@@ -135,6 +145,20 @@ class PolicyWriter:
     def commit_bytes(self) -> int:
         """Bytes pending that make a commit whatever their number."""
         return self.policy.commit_bytes
+
+    def room(self, sizes: Sequence[int]) -> int:
+        """How many records of these sizes, put in turn, bring the batch to its commit (all of
+        them when they do not): a caller putting them a block at a time commits where single
+        puts would."""
+        policy = self.policy
+        if policy.auto and sizes:
+            policy.first_record(sizes[0])
+        records, nbytes = self.pending, self.pending_bytes
+        for k, size in enumerate(sizes, 1):
+            if policy.full(records + k, nbytes + size):
+                return k
+            nbytes += size
+        return len(sizes)
 
 
 def backend_name(name: str | None) -> str | None:

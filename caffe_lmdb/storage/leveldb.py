@@ -345,6 +345,11 @@ class LevelDBWriter(PolicyWriter):
         """Records put but not committed yet."""
         return self._puts
 
+    @property
+    def pending_bytes(self):
+        """Bytes of the values put but not committed yet."""
+        return self._bytes
+
     def commit(self):
         """Write the batch (synced to disk when ``sync``)."""
         if self._failed:

@@ -350,8 +350,7 @@ class _Conversion:
             # the workers run on while a commit waits for the disk
             results = prefetch(results, self.sink.commit_bytes, _batch_bytes)
         for batch in results:
-            for rec in batch:
-                self.consume(rec, strict)
+            self.consume_batch(batch, strict)
             if progress is not None:
                 progress(self.done, total)
         self.done = total
@@ -381,6 +380,34 @@ class _Conversion:
                 progress(self.done, total)
         self.done = total
         return True
+
+    def consume_batch(self, batch, strict):
+        """Write a worker's batch of results, in order: the runs of records between skipped
+        samples put a block at a time (one call, keys checked once), split where a commit is
+        due, so that commits fall where record-by-record writing puts them."""
+        if (len(batch) < 2 or self.check_size or self.tsink is not None or self.resuming
+                or not hasattr(self.sink, "put_many")):
+            for rec in batch:
+                self.consume(rec, strict)
+            return
+        i = 0
+        while i < len(batch):
+            j = i
+            while j < len(batch) and not isinstance(batch[j], Skip):
+                j += 1
+            while i < j:
+                sizes = [len(rec.value) for rec in batch[i:j]]
+                k = i + self.sink.room(sizes)
+                self.sink.put_many([rec.key for rec in batch[i:k]],
+                                   [rec.value for rec in batch[i:k]])
+                self.value_bytes += sum(sizes[:k - i])
+                self.done = batch[k - 1].index + 1
+                if self.sink.batch_full:
+                    self.save()
+                i = k
+            if j < len(batch):  # a skipped sample
+                self.consume(batch[j], strict)
+                i = j + 1
 
     def consume(self, rec, strict):
         """Write one encoded record (or log one skipped sample), in sample order."""

@@ -34,12 +34,20 @@ class Skip(Keyed):
     reason: str
 
 
+_ERRORS: tuple = ()
+
+
 def _decoder_errors():
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - OpenCV is a dependency
-        return (ImageReadError,)
-    return (ImageReadError, cv2.error)
+    """The errors that make a sample a Skip (made once: an import per image is not free)."""
+    global _ERRORS
+    if not _ERRORS:
+        try:
+            import cv2
+        except ImportError:  # pragma: no cover - OpenCV is a dependency
+            _ERRORS = (ImageReadError,)
+        else:
+            _ERRORS = (ImageReadError, cv2.error)
+    return _ERRORS
 
 
 def targets_bytes(values, label):

@@ -167,9 +167,13 @@ class _ImageSource:
         self._order, self.seed = _permutation(len(paths), shuffle, seed)
         self.shuffle = shuffle
         self.chunk = _image_chunk(self.root, paths)
-        for i in range(len(paths)):
-            j = self._entry(i)
-            _check_key(self._key(i, paths[j]), self._where(j), key_hint)
+        # (paths are bytes: a key is its number, "_" and the path, checked only when the
+        # longest path could make one too long)
+        longest = max(map(len, paths), default=0)
+        if not index_keys and longest + len(imageset_key(len(paths), b"")) > MAX_KEY_BYTES:
+            for i in range(len(paths)):
+                j = self._entry(i)
+                _check_key(self._key(i, paths[j]), self._where(j), key_hint)
 
     def __len__(self):
         return len(self._paths)
