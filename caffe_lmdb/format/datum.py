@@ -80,8 +80,13 @@ def write_varint(value):
     return bytes(out)
 
 
+_ONE_BYTE = [bytes([v]) for v in range(128)]  # the varints of 0 .. 127
+
+
 def int32_varint(value):
     """Varint of an int32 field: negative values take ten bytes, as in every protobuf."""
+    if type(value) is int and 0 <= value < 128:  # (most labels and sizes: one byte)
+        return _ONE_BYTE[value]
     value = int(value)
     if not -(1 << 31) <= value < (1 << 31):
         raise ValueError(f"{value} does not fit in an int32 field")

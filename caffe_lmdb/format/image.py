@@ -41,7 +41,8 @@ def resize_to(resize):
     """(H, W) when both are > 0 (Caffe's rule), else None."""
     if not resize:
         return None
-    h, w = (int(v) for v in resize)
+    h, w = resize
+    h, w = int(h), int(w)
     return (h, w) if h > 0 and w > 0 else None
 
 
