@@ -370,6 +370,20 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     return True
 
 
+_SEAM_MASKS: dict = {}
+
+
+def _seam_mask(mask, head):
+    """``mask`` (a tail's structure mask) followed by ``head`` bytes of 0xFF (kept whole)."""
+    key = (mask.tobytes(), head)
+    seam = _SEAM_MASKS.get(key)
+    if seam is None:
+        seam = np.concatenate([mask, np.full(head, 0xFF, _U8)])
+        if len(_SEAM_MASKS) < 64:
+            _SEAM_MASKS[key] = seam
+    return seam
+
+
 def _few_runs(lengths):
     """The starts of the runs of equal lengths in ``lengths``, when there are few of them (at
     most one per 64 records: records sorted by label come in long runs), else None."""
@@ -381,22 +395,22 @@ def _few_runs(lengths):
 def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labels_out):
     """_decode_uniform's path for pixel records of a few runs of equal lengths (labels of
     different varint lengths) joined in one buffer: each run is read through strided views of
-    the buffer (a run's records are one length apart), its heads compared with the first
-    record's, its tails parsed, its payloads copied straight into ``out``."""
+    the buffer (a run's records are one length apart), its payloads copied straight into
+    ``out``. The tail of a record and the head of the next are adjacent: one view of both per
+    run checks every record's head against the first record's and its tail against the run's
+    first tail (Caffe's usual tails only); the last record of the batch is checked alone."""
     n = len(lengths)
     base = np.frombuffer(joined.buffer, _U8)
     runs = list(zip(bounds, bounds[1:], joined.offsets()[bounds[:-1]].tolist(),
                     lengths[bounds[:-1]].tolist(), strict=False))
-    head0 = base[:head]
-    for x, y, at, step in runs:
-        heads = np.ndarray((y - x, head), _U8, base, at, (step, 1))
-        if not (heads == head0).all():
-            return False
+    head0 = bytes(base[:head])
     labels = labels_out if labels_out.flags.writeable else np.empty(n, np.int64)
-    for x, y, at, step in runs:  # a run's tails have one length, so one structure
+    for x, y, at, step in runs:
         first = bytes(base[at + tail_at:at + step])
         simple = _simple_tail(first)
-        if simple is None:  # (a label of three bytes): the general parse
+        if simple is None:  # (a label of three bytes): heads one view, tails the general parse
+            if not (np.ndarray((y - x, head), _U8, base, at, (step, 1)) == base[:head]).all():
+                return False
             run = _tail_labels(np.ndarray((y - x, _TAIL), _U8, base, at + tail_at, (step, 1)),
                                tail_len[x:y], f0.label, False)
             if run is None:
@@ -404,9 +418,21 @@ def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labe
             labels[x:y] = run
             continue
         mask, size = simple
+        width = len(mask) + head
+        m = y - x if y < n else y - x - 1  # rows whose next record follows in the buffer
+        if m:  # each row: a record's tail, then the next record's head
+            seams = np.ndarray((m, width), _U8, base, at + tail_at, (step, 1))
+            want = np.frombuffer(first + head0, _U8)
+            if len(mask):
+                seams = seams & _seam_mask(mask, head)
+                want = want & _seam_mask(mask, head)
+            if not (seams == want).all():
+                return False
+        if y == n:  # the last record: its tail alone (its head ends the row before)
+            last = _simple_tail(bytes(base[at + m * step + tail_at:at + (m + 1) * step]))
+            if last is None or last[0] is not mask:
+                return False
         tails = np.ndarray((y - x, len(mask)), _U8, base, at + tail_at, (step, 1))
-        if len(mask) and not ((tails & mask) == (np.frombuffer(first, _U8) & mask)).all():
-            return False
         if size == 0:  # no label after the payload: each has the run's first record's
             labels[x:y] = parse_datum(joined.buffer[at:at + step]).label
         elif size == 1:
