@@ -272,21 +272,28 @@ def test_header_cache_never_leaks_between_records(data):
     check_agrees(second)
 
 
-@SETTINGS
-@given(st.lists(valid_datums(), min_size=1, max_size=6))
-def test_decode_batch_agrees_with_decode(bufs):
-    # the batch fails on the first record, in order, that fails alone or differs in shape
-    singles, failure = [], None
+def one_by_one(bufs, same_dtype=False):
+    """``(singles, failure)``: each record decoded alone, ``(array, label)``, up to the first
+    that fails (failure DatumDecodeError) or differs from the first in shape (or dtype, with
+    ``same_dtype``; failure ValueError); failure None when all decode alike."""
+    singles = []
     for buf in bufs:
         try:
             arr, label = decode(buf)
         except DatumDecodeError:
-            failure = DatumDecodeError
-            break
-        if singles and arr.shape != singles[0][0].shape:
-            failure = ValueError
-            break
+            return singles, DatumDecodeError
+        if singles and (arr.shape != singles[0][0].shape
+                        or (same_dtype and arr.dtype != singles[0][0].dtype)):
+            return singles, ValueError
         singles.append((arr.copy(), label))
+    return singles, None
+
+
+@SETTINGS
+@given(st.lists(valid_datums(), min_size=1, max_size=6))
+def test_decode_batch_agrees_with_decode(bufs):
+    # the batch fails on the first record, in order, that fails alone or differs in shape
+    singles, failure = one_by_one(bufs)
     if failure is not None:
         with pytest.raises(failure):
             decode_batch(bufs)
@@ -375,17 +382,7 @@ def test_joined_runs_agree_with_decode(data):
     from caffe_lmdb.format.batch import BatchDecoder, ValueJoiner
 
     bufs = _runs_of_records(data)
-    singles, failure = [], None
-    for buf in bufs:
-        try:
-            arr, label = decode(buf)
-        except DatumDecodeError:
-            failure = DatumDecodeError
-            break
-        if singles and (arr.shape, arr.dtype) != (singles[0][0].shape, singles[0][0].dtype):
-            failure = ValueError
-            break
-        singles.append((arr.copy(), label))
+    singles, failure = one_by_one(bufs, same_dtype=True)
     joined = ValueJoiner().take(iter(bufs), len(bufs))
     if failure is not None:
         with pytest.raises(failure):
