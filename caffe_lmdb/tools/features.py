@@ -19,7 +19,6 @@ missing image indices are reported the same way (rows then skip them: ask for
 """
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -140,59 +139,18 @@ def read_features(source, flat=False, return_index=False, progress=None, backend
         return (out, indices) if return_index else out
     shape = _shape(db)
     out = np.empty((n,) + shape, np.float32)
-    ready = _prefault(out)
 
     def target(r):
         run = _run(r)
-        if run is None:
-            return None
-        ready(run[1])
-        return out[run[0]:run[1]]
+        return None if run is None else out[run[0]:run[1]]
 
     def write(r, block):
-        ready(len(out))
         out[r] = block
 
     _fill(db, rows, shape, write, progress, target)
     if flat:
         out = out.reshape(n, -1)
     return (out, indices) if return_index else out
-
-
-_PREFAULT_BYTES = 16 << 20
-
-
-def _prefault(out):
-    """Have a helper thread touch the pages of a new array ahead of the decoder; returns
-    ``ready(stop)``, which waits until rows ``[0, stop)`` are touched.
-
-    The first write to each page of fresh memory costs a page fault in which the kernel zeroes
-    the page: for a large feature array that is a fifth or more of the reading time. The helper
-    takes those faults on another core, one region of about 16 MiB at a time, always ahead of
-    the rows being written (it writes a zero into each page, so a row is written by the
-    decoder only after the helper is done with its region)."""
-    rows = len(out)
-    row_bytes = max(1, out[:1].nbytes)
-    step = max(1, _PREFAULT_BYTES // row_bytes)
-    if rows * row_bytes < 2 * _PREFAULT_BYTES:
-        return lambda stop: None
-    flat = out.reshape(-1).view(np.uint8)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="caffe_lmdb-prefault")
-    bounds = list(range(0, rows, step)) + [rows]
-    pending = [(b, pool.submit(_touch_pages, flat, a * row_bytes, b * row_bytes))
-               for a, b in zip(bounds, bounds[1:], strict=False)]
-    pool.shutdown(wait=False)
-
-    def ready(stop):
-        while pending and pending[0][0] - step < stop:
-            pending.pop(0)[1].result()
-
-    return ready
-
-
-def _touch_pages(flat, start, stop):
-    """Write a zero into every page of ``flat[start:stop]`` (a uint8 view)."""
-    flat[start:stop:4096] = 0
 
 
 def feature_shape(source, backend=None):
