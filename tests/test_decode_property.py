@@ -434,3 +434,23 @@ def test_float_runs_checked_in_every_part(tag):
     images, labels = decode_batch(bufs)
     assert np.array_equal(images, np.stack([arr for arr, _ in want]))
     assert labels.tolist() == [label for _, label in want]
+
+
+@pytest.mark.parametrize("odd", [0, 69, 70, 71, 139])
+@pytest.mark.parametrize("first_labels", [20000, 200])  # runs of 3- or 2-byte labels first
+def test_joined_runs_see_a_record_of_another_shape(odd, first_labels):
+    """A record of the same length but another shape (its head differs), anywhere among runs
+    of labels of different sizes (a run's first record, the first record after a run of
+    3-byte labels, the last record): the batch fails on it, never decodes it in the wrong
+    shape."""
+    from caffe_lmdb.format.batch import BatchDecoder, ValueJoiner
+
+    labels = [first_labels + i for i in range(70)] + list(range(70))
+    bufs = [datum_bytes(1, 2, 6, data=bytes(range(12)), label=label) for label in labels]
+    before = bufs[odd]
+    bufs[odd] = datum_bytes(1, 3, 4, data=bytes(range(12)), label=labels[odd])
+    assert len(bufs[odd]) == len(before)  # the runs stay as they were
+    singles, failure = one_by_one(bufs, same_dtype=True)
+    assert failure is ValueError
+    with pytest.raises(ValueError, match=f"record {odd or 1}\\b"):
+        BatchDecoder().decode(ValueJoiner().take(iter(bufs), len(bufs)))

@@ -397,8 +397,9 @@ def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labe
     different varint lengths) joined in one buffer: each run is read through strided views of
     the buffer (a run's records are one length apart), its payloads copied straight into
     ``out``. The tail of a record and the head of the next are adjacent: one view of both per
-    run checks every record's head against the first record's and its tail against the run's
-    first tail (Caffe's usual tails only); the last record of the batch is checked alone."""
+    run checks the head of every record after the run's first against the batch's first head,
+    and every tail against the run's first tail (Caffe's usual tails only); each run's first
+    head and the batch's last tail are checked alone."""
     n = len(lengths)
     base = np.frombuffer(joined.buffer, _U8)
     runs = list(zip(bounds, bounds[1:], joined.offsets()[bounds[:-1]].tolist(),
@@ -406,7 +407,9 @@ def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labe
     head0 = bytes(base[:head])
     labels = labels_out if labels_out.flags.writeable else np.empty(n, np.int64)
     for x, y, at, step in runs:
-        first = bytes(base[at + tail_at:at + step])
+        if joined.buffer[at:at + head] != head0:  # (the seams check the heads after it)
+            return False
+        first = bytes(joined.buffer[at + tail_at:at + step])
         simple = _simple_tail(first)
         if simple is None:  # (a label of three bytes): heads one view, tails the general parse
             if not (np.ndarray((y - x, head), _U8, base, at, (step, 1)) == base[:head]).all():
@@ -429,7 +432,7 @@ def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labe
             if not (seams == want).all():
                 return False
         if y == n:  # the last record: its tail alone (its head ends the row before)
-            last = _simple_tail(bytes(base[at + m * step + tail_at:at + (m + 1) * step]))
+            last = _simple_tail(bytes(joined.buffer[at + m * step + tail_at:at + (m + 1) * step]))
             if last is None or last[0] is not mask:
                 return False
         tails = np.ndarray((y - x, len(mask)), _U8, base, at + tail_at, (step, 1))
