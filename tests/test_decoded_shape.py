@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_lmdb.errors import ImageReadError
-from caffe_lmdb.format.image import decoded_shape, encode_image, read_image
+from caffe_lmdb.format.image import decoded_shape, encode_image, read_file, read_image
 
 
 def jpeg(h, w, channels=3, quality=90, seed=0):
@@ -104,3 +104,15 @@ def test_encoded_pass_through_is_unchanged(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(20))
     with pytest.raises(ImageReadError):
         encode_image(str(bad), 3, encode=True)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 200_000, 3 << 20])
+def test_read_file_returns_every_byte(tmp_path, size):
+    """read_file asks for 64 KiB first, then the rest by the file's size: files on either
+    side of that boundary come back whole; a missing file is an ImageReadError naming it."""
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "image.bin"
+    path.write_bytes(data)
+    assert read_file(path) == data
+    with pytest.raises(ImageReadError, match="missing.jpg"):
+        read_file(tmp_path / "missing.jpg")

@@ -48,6 +48,7 @@ def resize_to(resize):
 
 #: bytes read_file asks for first: most images are smaller, and are read in one call
 _FIRST_READ = 1 << 16
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def read_file(path: str | os.PathLike) -> bytes:
@@ -64,18 +65,15 @@ def read_file(path: str | os.PathLike) -> bytes:
             if len(data) < _FIRST_READ:  # a regular file's read stops short only at its end
                 return data
             parts = [data]
+            rest = max(os.fstat(fd).st_size - len(data) + 1, _FIRST_READ)  # one more: EOF
             while data:
-                data = os.read(fd, max(os.fstat(fd).st_size - sum(map(len, parts)) + 1,
-                                       _FIRST_READ))
+                data = os.read(fd, rest)
                 parts.append(data)
             return b"".join(parts)
         finally:
             os.close(fd)
     except OSError as exc:
         raise ImageReadError(f"could not read image {name}: {exc.strerror}", name) from exc
-
-
-_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def read_image(path_or_bytes: PathOrBytes, gray: bool = False,
