@@ -142,43 +142,39 @@ _MASKS.update({(size, rest): np.array([0xFF] + [0x80] * size + [0xFF] * rest, _U
                for size in (1, 2) for rest in (0, 2)})
 
 
-def _tail_labels(tails, tail_len, head_label, equal):
+_U64 = np.dtype("<u8")
+_W = {k: np.uint64(k) for k in (0, 3, 7, 8, 14, 16, 24, 0x7F, 0xFF, 0xFFFF, 0x28, 0x38)}
+
+
+def _tail_labels(tails, tail_len, head_label):
     """Vectorized parse of the bytes after the payload, when they are one of Caffe's usual tails:
     an optional label (``28`` + a varint of 1 to 3 bytes) then an optional ``38 00``
     (encoded = false). ``tails`` is (N, 8) (padded past each record's end), ``tail_len`` (N,),
-    ``equal`` whether all tails have one length. Returns the (N,) labels, or None when some
-    record's tail is anything else."""
-    n = tails.shape[0]
-    simple = _simple_tail(bytes(tails[0, :tail_len[0]])) if equal else None
-    if simple is not None:
-        # one layout for all: compare the structure bytes with the first record's, read the
-        # label from fixed columns
-        mask, size = simple
-        width = len(mask)
-        if width and not ((tails[:, :width] & mask) == (tails[0, :width] & mask)).all():
-            return None
-        if size == 0:
-            return np.full(n, head_label, np.int64)
-        labels = tails[:, 1].astype(np.int64)
-        if size == 2:
-            labels &= 0x7F
-            labels |= tails[:, 2].astype(np.int64) << 7
-        return labels
-    # lengths differ: each record is `28 <label of k bytes>` then optionally `38 00`
-    b1, b2, b3 = tails[:, 1], tails[:, 2], tails[:, 3]
-    size = np.where(b1 < 0x80, 1, np.where(b2 < 0x80, 2, np.where(b3 < 0x80, 3, 9)))
-    rest = tail_len - 1 - size
-    rows = np.arange(n)
-    at = np.minimum(size + 1, _TAIL - 2)
-    ok = (tails[:, 0] == 0x28) & ((rest == 0) | ((rest == 2) & (tails[rows, at] == 0x38)
-                                                 & (tails[rows, at + 1] == 0)))
-    if not ok.all():
+    ``head_label`` the label of a record whose tail holds none (None: not known). Returns the
+    (N,) labels, or None when some record's tail is anything else (or holds no label and
+    ``head_label`` is None). Each tail is read as one 64-bit word: NumPy's cost per row on rows
+    of a few bytes would otherwise be most of the work."""
+    w = _W
+    words = np.ascontiguousarray(tails).view(_U64)[:, 0]
+    b1, b2, b3 = (words >> w[8]) & w[0xFF], (words >> w[16]) & w[0xFF], (words >> w[24]) & w[0xFF]
+    more1 = b1 >> w[7]  # continuation bits: a label of 2 and 3 bytes
+    more2 = more1 & (b2 >> w[7])
+    if (more2 & (b3 >> w[7])).any():
+        return None  # (a label of 4 bytes or more, or a negative one: not this path's)
+    labelled = ((words & w[0xFF]) == w[0x28]) & (tail_len >= 2)
+    size = np.where(labelled, 2 + more1 + more2, w[0])  # tag and varint bytes
+    rest = tail_len - size.astype(np.int64)
+    after = (words >> (size << w[3])) & w[0xFFFF]
+    if not ((rest == 0) | ((rest == 2) & (after == w[0x38]))).all():
         return None
-    labels = (b1 & 0x7F).astype(np.int64)
-    labels |= (b2 & 0x7F).astype(np.int64) << 7
-    labels |= (b3 & 0x7F).astype(np.int64) << 14
-    # keep only the bytes that belong to each label
-    labels &= np.where(size == 1, 0x7F, np.where(size == 2, 0x3FFF, 0x1FFFFF))
+    labels = b1 & w[0x7F]
+    labels |= (b2 & w[0x7F]) * more1 << w[7]
+    labels |= (b3 & w[0x7F]) * more2 << w[14]
+    labels = labels.astype(np.int64)
+    if not labelled.all():
+        if head_label is None:
+            return None
+        labels[~labelled] = head_label
     return labels
 
 
@@ -186,14 +182,17 @@ _STAGE_MIN_BYTES = 1 << 20
 
 
 class JoinedValues(Sequence):
-    """Records joined end to end in one buffer, with their sizes: a read-only sequence of the
-    records (memoryviews into the buffer), which :class:`BatchDecoder` decodes without joining
-    them again. Made by :class:`ValueJoiner`; valid until its next ``take``."""
+    """Records in one buffer, with their sizes: a read-only sequence of the records
+    (memoryviews into the buffer), which :class:`BatchDecoder` decodes without copying them
+    again. Made by :class:`ValueJoiner` (records joined end to end; valid until its next
+    ``take``), or over a database file's map with the ``offsets`` of each record (records
+    apart, in LMDB's pages; ``adjacent`` is then False)."""
 
-    __slots__ = ("buffer", "sizes", "_offsets", "_lengths")
+    __slots__ = ("buffer", "sizes", "_offsets", "_lengths", "adjacent")
 
-    def __init__(self, buffer, sizes):
-        self.buffer, self.sizes, self._offsets, self._lengths = buffer, sizes, None, None
+    def __init__(self, buffer, sizes, offsets=None, lengths=None):
+        self.buffer, self.sizes, self._offsets, self._lengths = buffer, sizes, offsets, lengths
+        self.adjacent = offsets is None
 
     def __len__(self):
         return len(self.sizes)
@@ -272,16 +271,82 @@ class _Stage:
         base = np.frombuffer(joined.buffer, _U8)
         offsets = joined.offsets()
         starts = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
-        if len(starts) <= n // 64:
+        if joined.adjacent and len(starts) <= n // 64:
             bounds = [0, *starts.tolist(), n]
             for a, b in zip(bounds, bounds[1:], strict=False):
                 rows[a:b] = np.ndarray((b - a, width), _U8, base, int(offsets[a]),
                                        (int(lengths[a]), 1))
-        else:
-            window = np.lib.stride_tricks.as_strided(base, (len(base) - width + 1, width),
-                                                     (1, 1), writeable=False)
+            return rows
+        last = len(base) - width  # rows starting after it would run off the buffer
+        if joined.adjacent or offsets.max() <= last:
+            window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
+                                                     writeable=False)
             rows[:] = window[offsets]  # (np.take would first copy the whole window)
+            return rows
+        near = offsets > last  # (the last records of a file's map)
+        window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
+                                                 writeable=False)
+        rows[~near] = window[offsets[~near]]
+        for i in np.flatnonzero(near).tolist():
+            part = base[offsets[i]:]
+            rows[i, :len(part)] = part
+            rows[i, len(part):] = 0
         return rows
+
+
+def _mode(values):
+    """The most common value of an int array (one of its first two when it is most of it)."""
+    for guess in values[:2].tolist():
+        if 2 * np.count_nonzero(values == guess) > len(values):
+            return guess
+    kinds, counts = np.unique(values, return_counts=True)
+    return int(kinds[counts.argmax()])
+
+
+def _map_runs(joined, width):
+    """The records of ``joined`` (apart, in a file's map) as a few regular runs, each
+    ``(first, stop, offset, outer, count, inner)``: rows ``first .. stop - 1`` lie in blocks of
+    ``count`` rows ``inner`` bytes apart, the blocks ``outer`` bytes apart, from ``offset`` on.
+    LMDB lays small records out so (a leaf page's records one node size apart, from its end
+    down; leaf pages one page apart when written in order), and large ones in overflow pages
+    one after another (blocks of one). None when the records are not that regular."""
+    offsets = joined.offsets()
+    n = len(offsets)
+    if n < 2 or offsets.min() < 0 or offsets.max() + width > len(joined.buffer):
+        return None  # (rows of the last records of a map would run off it: gathered)
+    steps = offsets[1:] - offsets[:-1]
+    inner = _mode(steps)
+    starts = np.flatnonzero(steps != inner) + 1  # each break starts a block
+    if len(starts) > n // 2:
+        return None
+    bounds = np.concatenate([[0], starts, [n]])
+    lengths, at = np.diff(bounds), offsets[bounds[:-1]]
+    outer = _mode(np.diff(at)) if len(at) > 1 else 0
+    # blocks of one length at one step make a run
+    cut = np.flatnonzero((np.diff(at) != outer) | (lengths[1:] != lengths[:-1])) + 1
+    if len(cut) > max(4, n // 64):
+        return None
+    groups = np.concatenate([[0], cut, [len(lengths)]]).tolist()
+    return [(int(bounds[a]), int(bounds[b]), int(at[a]), outer, int(lengths[a]), inner)
+            for a, b in zip(groups, groups[1:], strict=False)]
+
+
+def _slabs(runs, a, b):
+    """The rows ``a .. b - 1`` of ``runs`` (see _map_runs) as strided slabs ``(lo, hi,
+    offset, shape, strides)``: whole blocks together (3-D), a partial block alone (2-D)."""
+    for first, stop, offset, outer, count, inner in runs:
+        i, end = max(a, first) - first, min(b, stop) - first
+        while i < end:
+            block, j = divmod(i, count)
+            at = offset + block * outer + j * inner
+            if j == 0 and end - i >= count:
+                blocks = (end - i) // count
+                yield first + i, first + i + blocks * count, at, (blocks, count), (outer, inner)
+                i += blocks * count
+            else:
+                k = min(count - j, end - i)
+                yield first + i, first + i + k, at, (k,), (inner,)
+                i += k
 
 
 def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
@@ -321,53 +386,84 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     tail_len = lengths - tail_at
     if tail_len.min() < 0 or tail_len.max() > _TAIL:
         return False
-    if joined and equal:  # already joined, and padded at the end
+    adjacent = not joined or buffers.adjacent
+    runs = None  # rows in regular runs (see _map_runs) in source
+    if joined and equal and adjacent:  # already joined, and padded at the end
         source = buffers.buffer
-        rows = np.ndarray((n, width), _U8, source, 0, (sizes[0], 1))
-    elif joined and f0.data is not None and (bounds := _few_runs(lengths)) is not None:
+        runs = [(0, n, 0, 0, n, sizes[0])]
+    elif joined and adjacent and f0.data is not None \
+            and (bounds := _few_runs(lengths)) is not None:
         return _decode_runs(buffers, bounds, lengths, f0, head, tail_at, tail_len, out,
                             labels_out)
+    elif joined and not adjacent and (runs := _map_runs(buffers, width)):
+        source = buffers.buffer  # records apart in a file's map, laid out regularly: no copy
     elif joined and stage is not None:  # joined, of different sizes: the rows gathered
-        rows = source = stage.gather(buffers, lengths, width)
+        source = stage.gather(buffers, lengths, width)
     elif equal:  # rows one record apart; the padding keeps the last row's tail window in range
         parts = [*buffers, _PAD]
         # (a join of a MiB or more goes into the stage: fresh memory that size costs faults)
         big = stage is not None and n * sizes[0] >= _STAGE_MIN_BYTES
         source = stage.join(parts) if big else b"".join(parts)
-        rows = np.ndarray((n, width), _U8, source, 0, (sizes[0], 1))
+        runs = [(0, n, 0, 0, n, sizes[0])]
     else:  # each record padded with zeros to one width
         parts = [_PAD] * (2 * n)
         parts[::2] = buffers
         parts[1::2] = map(_PADS.__getitem__, (width - lengths).tolist())
         source = b"".join(parts)
-        rows = np.ndarray((n, width), _U8, source)
-    stride = rows.strides[0]
-    if not (rows[:, :head] == rows[0, :head]).all():
-        return False
-    labels = _tail_labels(rows[:, tail_at:], tail_len, f0.label, equal)
+    if runs is None:  # rows of width bytes, one after another
+        runs = [(0, n, 0, 0, n, width)]
+
+    def rows(at, shape, strides):
+        return np.ndarray((*shape, width), _U8, source, at, (*strides, 1))
+
+    row0 = rows(runs[0][2], (1,), (width,))[0]
+    head0 = row0[:head]
+    # the label of a record whose tail holds none is its head's: the first record's when its
+    # own tail holds none either (else not known here: such records go one by one)
+    bare = f0.label if bytes(row0[tail_at:tail_at + tail_len[0]]) in (b"", b"\x38\x00") \
+        else None
+    tails = np.empty((n, _TAIL), _U8)
+    for lo, hi, at, shape, strides in _slabs(runs, 0, n):
+        part = rows(at, shape, strides)
+        if not (part[..., :head] == head0).all():
+            return False
+        tails[lo:hi].reshape(*shape, _TAIL)[...] = part[..., tail_at:]
+    labels = _tail_labels(tails, tail_len, bare)
     if labels is None:
         return False
     flat = out.reshape(n, -1)
     if f0.data is None:
-        floats = np.ndarray((n, count), _F4, source, head + 1, (stride, 5))
-
-        step = max(1, _CACHED_BYTES // stride)
-
         def rows_of(a, b):  # every value of a float run has its tag, then the copy; a few
-            for x in range(a, b, step):  # rows at a time, so that the copy reads from cache
-                y = min(b, x + step)
-                if not _float_tags_ok(source, head + x * stride, stride, y - x, count):
-                    return False
-                flat[x:y] = floats[x:y]
+            for lo, hi, at, shape, strides in _slabs(runs, a, b):  # rows at a time, so
+                for x, y, first, stride in _flat_slabs(lo, hi, at, shape, strides):  # that
+                    step = max(1, _CACHED_BYTES // abs(stride))  # the copy reads from cache
+                    for u in range(x, y, step):
+                        v = min(y, u + step)
+                        offset = first + (u - x) * stride + head
+                        if not _float_tags_ok(source, offset, stride, v - u, count):
+                            return False
+                        flat[u:v] = np.ndarray((v - u, count), _F4, source, offset + 1,
+                                               (stride, 5))
             return True
     else:
         def rows_of(a, b):
-            flat[a:b] = rows[a:b, head:tail_at]
+            for lo, hi, at, shape, strides in _slabs(runs, a, b):
+                flat[lo:hi].reshape(*shape, -1)[...] = rows(at, shape, strides)[..., head:tail_at]
             return True
     if not _split_rows(rows_of, n, n * (tail_at - head)):
         return False  # out may be partly written: the caller rewrites every row
     labels_out[...] = labels
     return True
+
+
+def _flat_slabs(lo, hi, at, shape, strides):
+    """A slab of _slabs as 2-D pieces ``(lo, hi, offset, stride)`` (one per block)."""
+    if len(shape) == 1 or shape[1] == 1:
+        yield lo, hi, at, strides[0]
+        return
+    blocks, count = shape
+    for k in range(blocks):
+        yield lo + k * count, lo + (k + 1) * count, at + k * strides[0], strides[1]
 
 
 _SEAM_MASKS: dict = {}
@@ -415,7 +511,7 @@ def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labe
             if not (np.ndarray((y - x, head), _U8, base, at, (step, 1)) == base[:head]).all():
                 return False
             run = _tail_labels(np.ndarray((y - x, _TAIL), _U8, base, at + tail_at, (step, 1)),
-                               tail_len[x:y], f0.label, False)
+                               tail_len[x:y], None)
             if run is None:
                 return False
             labels[x:y] = run
