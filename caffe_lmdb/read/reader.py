@@ -44,7 +44,13 @@ import numpy as np
 
 from ..errors import DatumDecodeError, NotADatumDBError, ShapeMismatchError, show_key
 from ..format.annotated import boxes_to_pixels, is_annotated, parse_annotated, unwrap_datum
-from ..format.batch import MIXED_SHAPES_FIX, BatchDecoder, ValueJoiner, record_shape
+from ..format.batch import (
+    MIXED_SHAPES_FIX,
+    BatchDecoder,
+    JoinedValues,
+    ValueJoiner,
+    record_shape,
+)
 from ..format.datum import decode, parse_datum
 from ..format.sniff import describe_bytes
 from ..storage.base import backend_name, detect_backend, open_reader
@@ -784,10 +790,32 @@ class DatumDB:
         """The values of positions start .. start + count - 1: one cursor run; small values
         joined (a :class:`~caffe_lmdb.format.batch.JoinedValues`, valid until this thread's
         next gathering), large ones as buffers into the map (valid in ``txn``)."""
-        # small Datum values joined; large ones (and AnnotatedDatum, unwrapped) as buffers
+        # Datum values read from LMDB's pages where they lie (no cursor); else small values
+        # joined, large ones (and AnnotatedDatum, unwrapped) as buffers
+        if self.kind == "datum" and hasattr(txn, "take"):
+            mapped = self._take_mapped(txn, start, count, follow)
+            if mapped is not None:
+                return mapped
         joiner = self._joiner() if self._small and self.kind == "datum" else None
         chunks = list(self._gather_chunks(txn, start, count, max(count, 1), follow, joiner))
         return chunks[0] if chunks else []
+
+    def _take_mapped(self, txn, start, count, follow):
+        """_gather_range from the database file's pages (see storage.lmdbpages), in the same
+        order and from the same key as the cursor run; None when they cannot be read so."""
+        if follow is not None and follow.stop == start:
+            after = follow.key
+        else:
+            after = self._keys(start)[start - 1] if start else None
+        got = txn.take(after, count)
+        if got is None:
+            return None
+        base, offsets, sizes, last = got
+        if len(offsets) != count:  # the database ended first: it changed since it was opened
+            _changed(self.path, self._unchecked()[start])
+        if follow is not None:
+            follow.stop, follow.key = start + count, last if count else after
+        return JoinedValues(memoryview(base), sizes.tolist(), offsets, sizes)
 
     def _joiner(self):
         """This thread's ValueJoiner (a joined run is valid until the thread's next one)."""

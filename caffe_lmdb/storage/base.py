@@ -41,6 +41,8 @@ class ReadTxn(Protocol):
     #   run(after=None) -> a cursor run: .values iterates the values after key `after` (from
     #       the first key when None), .key() is the key of the last value taken; None when
     #       `after` is absent. Sequential readers continue from one run to the next by key.
+    #   take(after, count) -> where the values of the `count` keys after `after` lie in the
+    #       store's file: (base array, offsets, sizes, last key), or None (then run() is used).
 
     def __enter__(self) -> ReadTxn: ...
 

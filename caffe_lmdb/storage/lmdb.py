@@ -15,7 +15,9 @@
   succeeds). On Linux the map size is only reserved address space: data.mdb grows with the data.
 * Reading (:class:`LMDBReader`): ``readonly=True, lock=False`` by default, so no lock file is
   created and a database on read-only media opens; see :class:`_Registry` for why one
-  environment is shared by every reader of a database in a process, and for forks.
+  environment is shared by every reader of a database in a process, and for forks. Sequential
+  passes read the values straight from the pages of data.mdb where they can
+  (:mod:`.lmdbpages`, mapped once per environment), else through the cursor.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from ..errors import (
 )
 from ..messages import damaged_message, lmdb_1_message
 from .base import CommitPolicy, PolicyWriter
+from .lmdbpages import PageMap
 
 __all__ = ["MAX_READERS", "truncation", "LMDBReader", "LMDBTxn", "LMDBWriter",
            "DEFAULT_MAP_SIZE", "data_format", "refuse_lmdb_1", "NEW_DB_OPTIONS",
@@ -141,7 +144,7 @@ class _Registry:
         # so the garbage collector may run inside acquire) releases through it in __del__
         self.lock = threading.RLock()
         self.pid = os.getpid()
-        self.envs = {}  # identity -> [env, users, flags]
+        self.envs = {}  # identity -> [env, users, PageMap]
 
     def acquire(self, path, lock, readahead):
         with self.lock:
@@ -150,7 +153,7 @@ class _Registry:
             entry = self.envs.get(ident)
             if entry is not None:
                 entry[1] += 1
-                return entry[0], ident
+                return entry[0], entry[2], ident
             try:
                 env = lmdb.open(path, readonly=True, lock=lock, readahead=readahead,
                                 subdir=True, create=False,
@@ -169,8 +172,9 @@ class _Registry:
             if short is not None:  # reading a missing page would kill the process (SIGBUS)
                 env.close()
                 raise NotADatumDBError(short)
-            self.envs[ident] = [env, 1]
-            return env, ident
+            pages = PageMap(path)  # (its file is mapped at the first sequential run)
+            self.envs[ident] = [env, 1, pages]
+            return env, pages, ident
 
     def release(self, ident):
         with self.lock:
@@ -183,12 +187,14 @@ class _Registry:
             if entry[1] <= 0:
                 del self.envs[ident]
                 entry[0].close()
+                entry[2].close()
 
     def _drop_inherited(self):
         if self.pid == os.getpid():
             return
-        for env, _users in self.envs.values():
+        for env, _users, pages in self.envs.values():
             env.close()
+            pages.close()
         self.envs.clear()
         self.pid = os.getpid()
 
@@ -213,11 +219,12 @@ if hasattr(os, "register_at_fork"):
 class LMDBTxn:
     """A read transaction seen through :class:`~caffe_lmdb.storage.base.ReadTxn`."""
 
-    __slots__ = ("txn", "get", "path", "env")
+    __slots__ = ("txn", "get", "path", "env", "pages")
 
-    def __init__(self, txn, path=None, env=None):
+    def __init__(self, txn, path=None, env=None, pages=None):
         self.txn = txn
         self.env = env
+        self.pages = pages
         self.get = txn.get  # bound once: the random-read path calls it per record
         self.path = path
 
@@ -253,6 +260,16 @@ class LMDBTxn:
             return _Run(cursor, iter(()))
         # iternext yields the current value first, then moves on
         return _Run(cursor, cursor.iternext(keys=False, values=True))
+
+    def take(self, after, count):
+        """Where the values of the ``count`` keys after ``after`` (from the first key when
+        None) lie in the database file, read from its pages without the cursor:
+        ``(base, offsets, sizes, last key)`` (see :class:`~.lmdbpages.PageMap`), fewer when
+        the database ends first; None when the pages cannot be read that way here (use
+        :meth:`run`)."""
+        if self.pages is None:
+            return None
+        return self.pages.take(self.txn.id(), after, count)
 
     def bounds(self):
         """``(entries, first key, last key)`` of this view, from LMDB's statistics and the two
@@ -298,13 +315,15 @@ class LMDBReader:
         self.path, self.lock, self.readahead = path, bool(lock), bool(readahead)
         self._env = self._ident = None
         self._pid = None
+        self._pages = None  # the environment's PageMap
 
     @property
     def env(self):
         """This process's py-lmdb Environment of the database (shared: do not close it)."""
         pid = os.getpid()
         if self._env is None or self._pid != pid:
-            self._env, self._ident = _REGISTRY.acquire(self.path, self.lock, self.readahead)
+            self._env, self._pages, self._ident = _REGISTRY.acquire(self.path, self.lock,
+                                                                    self.readahead)
             self._pid = pid
         return self._env
 
@@ -319,12 +338,12 @@ class LMDBReader:
         except lmdb.MapResizedError:  # a writer grew the map since it was opened (lock=True)
             env.set_mapsize(0)
             txn = env.begin(buffers=buffers)
-        return LMDBTxn(txn, self.path, env)
+        return LMDBTxn(txn, self.path, env, self._pages)
 
     def close(self):
         if self._env is not None and self._pid == os.getpid():
             _REGISTRY.release(self._ident)
-        self._env = self._ident = self._pid = None
+        self._env = self._pages = self._ident = self._pid = None
 
     def disk_usage(self):
         """(bytes of data.mdb, bytes of its pages in use)."""

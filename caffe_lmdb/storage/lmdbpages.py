@@ -1,0 +1,326 @@
+"""Where an LMDB's values lie in its data file: sequential runs of values without the cursor.
+
+py-lmdb's cursor costs about half a microsecond of Python per record, most of what a pass
+over small records takes. LMDB's file format (version 1, what LMDB 0.9 writes and Caffe reads)
+is plain: every value of the main database sits in a leaf page (or, when large, in overflow
+pages the leaf points to), and the leaves, read left to right through the branch pages, hold
+the records in key order. :class:`PageMap` reads those pages through a read-only memory map of
+``data.mdb`` with NumPy, many pages per call, and hands out where each value lies (offsets
+and sizes into the map), so that a batch decoder can gather the values straight from the file.
+
+It reads the snapshot of one read transaction: the meta page whose transaction id is the
+transaction's (so the pages it walks are the ones LMDB's cursor would walk). Anything it does
+not expect (another data version or byte order, a 32-bit build, duplicate-sort or named
+databases, a page of the wrong kind, a pointer out of its page, a count that disagrees with
+LMDB's) makes it answer None, and the caller reads through the cursor instead, which reports
+damage in LMDB's own words. It never writes and never trusts an offset it has not checked
+against the map's size.
+
+Facts of the format used here (LMDB's mdb.c, 64-bit): a page starts with a 16-byte header
+(page number, 2 bytes of padding, flags, then ``lower`` and ``upper``, the ends of the node
+pointer array and of the free space); the node pointers (2 bytes each, offsets in the page)
+follow it. A node is ``lo, hi, flags, ksize`` (2 bytes each), the key, then the data: in a leaf
+the data size is ``lo | hi << 16``, and a node flagged BIGDATA holds instead the 8-byte number
+of the overflow page whose header (16 bytes) the value follows; in a branch the child's page
+number is ``lo | hi << 16 | flags << 32``. Meta pages 0 and 1 hold, after the page header, the
+magic 0xBEEFC0DE, the data version, and the records of the free and main databases (the free
+one's first field is the page size), the last page number and the transaction id.
+"""
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import threading
+
+import numpy as np
+
+__all__ = ["PageMap"]
+
+_U8, _U16 = np.dtype(np.uint8), np.dtype("<u2")
+_HEADER = 16  # page header bytes
+_NODE = 8  # node header bytes
+_P_BRANCH, _P_LEAF, _P_OVERFLOW = 0x01, 0x02, 0x04
+_P_KINDS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40  # branch leaf overflow meta leaf2 subpage
+_F_BIGDATA = 0x01
+_MAGIC, _VERSION = 0xBEEFC0DE, 1
+_META = struct.Struct("<II8x8x" + "IHH5Q" * 2 + "QQ")  # after the page header
+_INVALID = (1 << 64) - 1  # P_INVALID: the root of an empty database
+#: largest number of leaves whose headers one take reads at once
+_LEAF_GROUP = 1 << 14
+
+
+class _Snapshot:
+    """The leaves of one transaction's main database, in key order, and where a sequential
+    reader stopped (``end``: the key of the last value handed out, with its leaf and node)."""
+
+    __slots__ = ("txnid", "leaves", "entries", "psize", "end")
+
+    def __init__(self, txnid, leaves, entries, psize):
+        self.txnid, self.leaves, self.entries, self.psize = txnid, leaves, entries, psize
+        self.end = None  # (key, leaf index, node index of the next value)
+
+
+class PageMap:
+    """Values of an LMDB read from its pages (see the module documentation).
+
+    ``take(txnid, after, count)``: up to ``count`` values after key ``after`` (from the first
+    when None), as ``(base, offsets, sizes, last_key)``: ``base`` a uint8 array over the
+    file, value i being ``base[offsets[i]:offsets[i] + sizes[i]]``; or None when this map
+    cannot answer (the caller then uses the cursor). ``close()`` unmaps the file (when no
+    array of it is alive; else when the last one goes)."""
+
+    def __init__(self, path):
+        self.path = os.path.join(path, "data.mdb")
+        self._lock = threading.Lock()
+        self._map = self._u8 = self._u16 = None
+        self._snapshot = None
+        self._broken = struct.calcsize("P") != 8  # the 32-bit layout differs: never tried
+        self._pid = os.getpid()
+
+    # -- the map --------------------------------------------------------------------------------
+
+    def _ensure(self, pages_needed, psize):
+        """The map covers ``pages_needed`` pages (remapped when the file has grown)."""
+        if self._u8 is not None and len(self._u8) >= pages_needed * psize:
+            return True
+        self.close()
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            size = os.fstat(fd).st_size
+            if size < pages_needed * psize or size < 2 * psize:
+                return False
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        self._u8 = np.frombuffer(self._map, _U8)
+        self._u16 = self._u8[:len(self._u8) & ~1].view(_U16)
+        return True
+
+    def close(self):
+        self._u8 = self._u16 = self._snapshot = None
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view of it is alive: unmapped with it
+                self._map.close()
+            self._map = None
+
+    def _meta(self, psize, txnid):
+        """(main database record, last page) of the meta page of transaction ``txnid``."""
+        for page in (0, 1):
+            fields = _META.unpack_from(self._map, page * psize + _HEADER)
+            if fields[0] != _MAGIC or fields[1] != _VERSION:
+                return None
+            if fields[-1] == txnid:
+                return fields[10:18], fields[-2]
+        return None
+
+    def _snapshot_of(self, txnid):
+        snap = self._snapshot
+        if snap is not None and snap.txnid == txnid:
+            return snap
+        self._snapshot = None
+        psize = self._page_size()
+        if psize < 256 or psize & (psize - 1) or psize > 1 << 16:
+            return None
+        if not self._ensure(2, psize):
+            return None
+        meta = self._meta(psize, txnid)
+        if meta is None:
+            return None
+        (_pad, flags, depth, _branches, _leaves, _overflows, entries, root), last = meta
+        if flags or not self._ensure(last + 1, psize):
+            return None  # duplicate-sort, integer or reverse keys: not read here
+        if root == _INVALID or entries == 0:
+            leaves = np.empty(0, np.int64)
+        else:
+            leaves = self._leaves(root, depth, last, psize)
+            if leaves is None:
+                return None
+        self._snapshot = snap = _Snapshot(txnid, leaves, entries, psize)
+        return snap
+
+    def _page_size(self):
+        """The page size, from meta page 0 (the free database's first field)."""
+        if self._u8 is not None:
+            return int(self._u8[_HEADER + 24:_HEADER + 28].view("<u4")[0])
+        with open(self.path, "rb") as f:
+            head = f.read(_HEADER + 28)
+        return struct.unpack_from("<I", head, _HEADER + 24)[0] if len(head) == _HEADER + 28 \
+            else 0
+
+    # -- the tree -------------------------------------------------------------------------------
+
+    def _pages_ok(self, pages, last, kind, psize):
+        """Every page number is in the file and its page is of ``kind``; returns (bases,
+        counts of nodes) or None."""
+        if len(pages) == 0 or pages.min() < 2 or pages.max() > last:
+            return None
+        base = pages * psize
+        u16 = self._u16
+        flags = u16[(base + 10) >> 1] & _P_KINDS
+        lower = u16[(base + 12) >> 1].astype(np.int64)
+        if not (flags == kind).all() or lower.min() < _HEADER + 2 or lower.max() > psize \
+                or (lower & 1).any():
+            return None
+        return base, (lower - _HEADER) >> 1
+
+    def _nodes(self, base, counts, psize):
+        """Offsets of the nodes of the pages at ``base`` (their ``counts``), in page order and
+        pointer order, each checked to lie in its page; None when one does not."""
+        u16 = self._u16
+        most = int(counts.max())
+        window = np.lib.stride_tricks.as_strided(u16, (len(u16) - most + 1, most), (2, 2),
+                                                 writeable=False)
+        pointers = window[(base + _HEADER) >> 1]
+        pointers = pointers[:, 0] if most == 1 else pointers[np.arange(most) < counts[:, None]]
+        pointers = pointers.astype(np.int64)
+        if len(pointers) == 0 or pointers.min() < _HEADER + 2 \
+                or pointers.max() > psize - _NODE or (pointers & 1).any():
+            return None
+        return np.repeat(base, counts) + pointers
+
+    def _leaves(self, root, depth, last, psize):
+        """The leaf page numbers, left to right (None when the tree is not as expected)."""
+        level = np.array([root], np.int64)
+        u16 = self._u16
+        for _ in range(depth - 1):
+            checked = self._pages_ok(level, last, _P_BRANCH, psize)
+            if checked is None:
+                return None
+            nodes = self._nodes(*checked, psize)
+            if nodes is None:
+                return None
+            at = nodes >> 1
+            level = (u16[at].astype(np.int64) | u16[at + 1].astype(np.int64) << 16
+                     | u16[at + 2].astype(np.int64) << 32)
+        return level
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def take(self, txnid, after, count):
+        if self._broken or count <= 0:
+            return None
+        if self._pid != os.getpid():  # a forked child: a lock held at the fork stays held
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        with self._lock:
+            try:
+                return self._take(txnid, after, count)
+            except (OSError, ValueError, IndexError, struct.error):
+                self.close()  # an unreadable or changing file: the cursor reads this one
+                return None
+
+    def _take(self, txnid, after, count):
+        snap = self._snapshot_of(txnid)
+        if snap is None:
+            return None
+        if after is None:
+            leaf, node = 0, 0
+        elif snap.end is not None and snap.end[0] == after:
+            _, leaf, node = snap.end
+        else:
+            found = self._find(snap, after)
+            if found is None:
+                return None
+            leaf, node = found
+        leaves, psize = snap.leaves, snap.psize
+        # read the headers of enough leaves for ``count`` values
+        group = max(2, min(_LEAF_GROUP, (count + node) // 4 + 2))
+        while True:
+            part = leaves[leaf:leaf + group]
+            if len(part) == 0:
+                return self._empty()
+            checked = self._pages_ok(part, len(self._u8) // psize - 1, _P_LEAF, psize)
+            if checked is None:
+                return None
+            base, counts = checked
+            total = np.cumsum(counts)
+            if total[-1] >= node + count or leaf + group >= len(leaves):
+                break
+            group *= 2
+        used = int(np.searchsorted(total, node + count)) + 1  # leaves holding the values
+        base, counts = base[:used], counts[:used]
+        nodes = self._nodes(base, counts, psize)
+        if nodes is None:
+            return None
+        nodes = nodes[node:node + count]
+        page_end = np.repeat(base + psize, counts)[node:node + count]
+        values = self._values(nodes, page_end, psize)
+        if values is None:
+            return None
+        offsets, sizes, key_at, key_len = values
+        # where the next take starts: after the last value handed out
+        done = node + len(nodes)
+        past = int(np.searchsorted(total, done, side="right"))
+        snap_end = (leaf + past, done - (int(total[past - 1]) if past else 0))
+        last_key = bytes(self._u8[key_at[-1]:key_at[-1] + key_len[-1]])
+        snap.end = (last_key, *snap_end)
+        return self._u8, offsets, sizes, last_key
+
+    def _empty(self):
+        return self._u8, np.empty(0, np.int64), np.empty(0, np.int64), None
+
+    def _values(self, nodes, page_end, psize):
+        """(offsets, sizes, key offsets, key sizes) of the values of leaf nodes ``nodes``."""
+        u8, u16 = self._u8, self._u16
+        at = nodes >> 1
+        head = np.lib.stride_tricks.as_strided(u16, (len(u16) - 3, 4), (2, 2),
+                                               writeable=False)[at].astype(np.int64)
+        sizes = head[:, 0] | head[:, 1] << 16
+        flags, key_len = head[:, 2], head[:, 3]
+        data = nodes + _NODE + key_len
+        big = flags == _F_BIGDATA
+        if not ((flags == 0) | big).all():
+            return None  # sub-databases or duplicates: not Caffe's, not read here
+        if big.any():
+            window = np.lib.stride_tricks.as_strided(u8, (len(u8) - 7, 8), (1, 1),
+                                                     writeable=False)
+            pages = window[data[big]].copy().view("<u8")[:, 0].astype(np.int64)
+            last = len(u8) // psize - 1
+            if pages.min() < 2 or pages.max() > last:
+                return None
+            heads = pages * psize
+            kinds = u16[(heads + 10) >> 1] & _P_KINDS
+            spans = np.lib.stride_tricks.as_strided(u16, (len(u16) - 1, 2), (2, 2),
+                                                    writeable=False)[(heads + 12) >> 1]
+            span = (spans[:, 0].astype(np.int64) | spans[:, 1].astype(np.int64) << 16) * psize
+            if not (kinds == _P_OVERFLOW).all() or \
+                    (sizes[big] + _HEADER > span).any() or (heads + span).max() > len(u8):
+                return None
+            data[big] = heads + _HEADER
+            inline = ~big
+            if (data[inline] + sizes[inline] > page_end[inline]).any():
+                return None
+        elif (data + sizes > page_end).any():
+            return None
+        return data, sizes, nodes + _NODE, key_len
+
+    def _find(self, snap, key):
+        """(leaf index, node index) just after ``key``; None when it is not in the tree."""
+        psize = snap.psize
+        leaves = snap.leaves
+        if not len(leaves):
+            return None
+        # binary search over the leaves' first keys (each leaf read once on the way)
+        lo, hi = 0, len(leaves) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._key(leaves[mid] * psize, 0) <= key:
+                lo = mid
+            else:
+                hi = mid - 1
+        base = int(leaves[lo]) * psize
+        count = (int(self._u16[(base + 12) >> 1]) - _HEADER) >> 1
+        for j in range(count):
+            k = self._key(base, j)
+            if k == key:
+                return (lo, j + 1) if j + 1 < count else (lo + 1, 0)
+            if k > key:
+                return None
+        return None
+
+    def _key(self, base, j):
+        base = int(base)
+        node = base + int(self._u16[(base + _HEADER) // 2 + j])
+        size = int(self._u16[(node + 6) >> 1])
+        return bytes(self._u8[node + _NODE:node + _NODE + size])
