@@ -454,3 +454,25 @@ def test_joined_runs_see_a_record_of_another_shape(odd, first_labels):
     assert failure is ValueError
     with pytest.raises(ValueError, match=f"record {odd or 1}\\b"):
         BatchDecoder().decode(ValueJoiner().take(iter(bufs), len(bufs)))
+
+
+@pytest.mark.parametrize("garbage", [0x00, 0xFF, 0x28, 0x80])
+def test_tails_parsed_as_words(garbage):
+    """Caffe's tails (no label, a label of 1 to 3 bytes, each with or without ``38 00``),
+    followed by any bytes (the next record, or whatever lies after a record in a file's
+    map): the labels, the head's label for tails without one, None for what this path does
+    not parse (a 4-byte label, a stray byte)."""
+    from caffe_lmdb.format.batch import _tail_labels
+
+    cases = [(b"", 9), (b"\x38\x00", 9), (b"\x28\x05", 5), (b"\x28\x05\x38\x00", 5),
+             (b"\x28\x85\x01", 133), (b"\x28\xff\x7f\x38\x00", 16383),
+             (b"\x28\x80\x80\x01", 16384), (b"\x28\xff\xff\x7f\x38\x00", 2097151)]
+    for tail, label in cases:
+        row = np.frombuffer(tail.ljust(8, bytes([garbage])), np.uint8)[None]
+        got = _tail_labels(np.repeat(row, 3, 0), np.full(3, len(tail)), 9)
+        assert got is not None and got.tolist() == [label] * 3, tail
+        if label == 9:  # no label in the tail: the head's, when known
+            assert _tail_labels(row, np.array([len(tail)]), None) is None
+    for tail in [b"\x28\x80\x80\x80\x01", b"\x28\x05\x38", b"\x28", b"\x30\x05", b"\x28\x05\x38\x01"]:
+        row = np.frombuffer(tail.ljust(8, bytes([garbage])), np.uint8)[None]
+        assert _tail_labels(row, np.array([len(tail)]), 9) is None, tail

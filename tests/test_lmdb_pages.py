@@ -329,3 +329,18 @@ def test_a_value_at_the_end_of_the_map_is_gathered():
     images, labels = BatchDecoder().decode(values)
     assert labels.tolist() == list(range(9))[::-1]
     assert images.reshape(9, -1)[:, 0].tolist() == list(range(9))[::-1]
+
+
+@pytest.mark.parametrize("length", [4096, 10])
+def test_features_decoded_whole_from_the_pages(tmp_path, monkeypatch, length):
+    """extract_features' records (floats, no label), in overflow pages (4096 floats) and in
+    leaf pages (10): read_features reads the pages and decodes whole batches (whatever bytes
+    follow a record in the file), never record by record."""
+    from caffe_lmdb.format import batch
+
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((300, length, 1, 1)).astype(np.float32)
+    caffe_lmdb.write_features(str(tmp_path / "feats"), features)
+    _no_cursor_runs(monkeypatch)
+    monkeypatch.setattr(batch, "decode", None)  # one by one would fail
+    assert np.array_equal(caffe_lmdb.read_features(str(tmp_path / "feats")), features)

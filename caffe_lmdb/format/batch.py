@@ -157,11 +157,11 @@ def _tail_labels(tails, tail_len, head_label):
     w = _W
     words = np.ascontiguousarray(tails).view(_U64)[:, 0]
     b1, b2, b3 = (words >> w[8]) & w[0xFF], (words >> w[16]) & w[0xFF], (words >> w[24]) & w[0xFF]
-    more1 = b1 >> w[7]  # continuation bits: a label of 2 and 3 bytes
+    labelled = ((words & w[0xFF]) == w[0x28]) & (tail_len >= 2)
+    more1 = (b1 >> w[7]) * labelled  # continuation bits: a label of 2 and 3 bytes
     more2 = more1 & (b2 >> w[7])
     if (more2 & (b3 >> w[7])).any():
         return None  # (a label of 4 bytes or more, or a negative one: not this path's)
-    labelled = ((words & w[0xFF]) == w[0x28]) & (tail_len >= 2)
     size = np.where(labelled, 2 + more1 + more2, w[0])  # tag and varint bytes
     rest = tail_len - size.astype(np.int64)
     after = (words >> (size << w[3])) & w[0xFFFF]
