@@ -473,6 +473,7 @@ def test_tails_parsed_as_words(garbage):
         assert got is not None and got.tolist() == [label] * 3, tail
         if label == 9:  # no label in the tail: the head's, when known
             assert _tail_labels(row, np.array([len(tail)]), None) is None
-    for tail in [b"\x28\x80\x80\x80\x01", b"\x28\x05\x38", b"\x28", b"\x30\x05", b"\x28\x05\x38\x01"]:
+    for tail in [b"\x28\x80\x80\x80\x01", b"\x28\x05\x38", b"\x28", b"\x30\x05",
+                 b"\x28\x05\x38\x01"]:
         row = np.frombuffer(tail.ljust(8, bytes([garbage])), np.uint8)[None]
         assert _tail_labels(row, np.array([len(tail)]), 9) is None, tail
