@@ -146,16 +146,34 @@ _U64 = np.dtype("<u8")
 _W = {k: np.uint64(k) for k in (0, 3, 7, 8, 14, 16, 24, 0x7F, 0xFF, 0xFFFF, 0x28, 0x38)}
 
 
-def _tail_labels(tails, tail_len, head_label):
+_WORD_MASKS = {key: np.uint64(int.from_bytes(mask.tobytes().ljust(8, b"\0"), "little"))
+               for key, mask in _MASKS.items()}
+
+
+def _tail_labels(tails, tail_len, head_label, equal=False):
     """Vectorized parse of the bytes after the payload, when they are one of Caffe's usual tails:
     an optional label (``28`` + a varint of 1 to 3 bytes) then an optional ``38 00``
     (encoded = false). ``tails`` is (N, 8) (padded past each record's end), ``tail_len`` (N,),
-    ``head_label`` the label of a record whose tail holds none (None: not known). Returns the
-    (N,) labels, or None when some record's tail is anything else (or holds no label and
-    ``head_label`` is None). Each tail is read as one 64-bit word: NumPy's cost per row on rows
-    of a few bytes would otherwise be most of the work."""
+    ``head_label`` the label of a record whose tail holds none (None: not known), ``equal``
+    True when all tails have one length. Returns the (N,) labels, or None when some record's
+    tail is anything else (or holds no label and ``head_label`` is None). Each tail is read as
+    one 64-bit word: NumPy's cost per row on rows of a few bytes would otherwise be most of the
+    work."""
     w = _W
     words = np.ascontiguousarray(tails).view(_U64)[:, 0]
+    simple = _simple_tail(bytes(tails[0, :tail_len[0]])) if equal else None
+    if simple is not None:  # one layout for all: the first record's, read at fixed places
+        mask, size = simple
+        if len(mask):
+            word_mask = _WORD_MASKS[size, len(mask) - 1 - size if size else len(mask)]
+            if not ((words & word_mask) == (words[0] & word_mask)).all():
+                return None
+        if size == 0:
+            return None if head_label is None else np.full(len(words), head_label, np.int64)
+        labels = (words >> w[8]) & w[0xFF if size == 1 else 0x7F]
+        if size == 2:
+            labels |= (words >> w[16] & w[0x7F]) << w[7]
+        return labels.astype(np.int64)
     b1, b2, b3 = (words >> w[8]) & w[0xFF], (words >> w[16]) & w[0xFF], (words >> w[24]) & w[0xFF]
     labelled = ((words & w[0xFF]) == w[0x28]) & (tail_len >= 2)
     more1 = (b1 >> w[7]) * labelled  # continuation bits: a label of 2 and 3 bytes
@@ -428,7 +446,7 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
         if not (part[..., :head] == head0).all():
             return False
         tails[lo:hi].reshape(*shape, _TAIL)[...] = part[..., tail_at:]
-    labels = _tail_labels(tails, tail_len, bare)
+    labels = _tail_labels(tails, tail_len, bare, equal)
     if labels is None:
         return False
     flat = out.reshape(n, -1)
