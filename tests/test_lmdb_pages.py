@@ -72,9 +72,9 @@ def test_pages_agree_with_the_cursor_on_caffes_databases(fixtures, name):
     assert n > 0
 
 
-def _write(path, rng, n, max_size, shuffled, rewrite):
+def _write(path, rng, n, max_size, shuffled, rewrite, key_size=8):
     env = lmdb.open(str(path), map_size=1 << 30)
-    keys = [b"%08d" % i for i in range(n)]
+    keys = [(b"%08d" % i).ljust(key_size, b"k") for i in range(n)]
     if shuffled:
         rng.shuffle(keys)
     step = int(rng.integers(1, 400))
@@ -104,6 +104,19 @@ def test_pages_agree_with_the_cursor(tmp_path, seed):
     _agrees_with_cursor(tmp_path / "db", rng.integers(1, 400, 5).tolist(), afters)
 
 
+def test_pages_of_a_deep_tree(tmp_path):
+    """Keys of 480 bytes: a few per branch page, so a tree five levels deep (the leaves
+    found through three levels of branch pages, read a parent at a time)."""
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "db", rng, 3000, 300, False, True, key_size=480)
+    env = lmdb.open(str(tmp_path / "db"), readonly=True, lock=False)
+    depth = env.stat()["depth"]
+    env.close()
+    assert depth >= 4
+    afters = rng.integers(0, len(read_lmdb(tmp_path / "db")), 10).tolist()
+    _agrees_with_cursor(tmp_path / "db", [1, 50, 333], afters)
+
+
 def test_pages_refuse_what_they_cannot_answer(tmp_path):
     rng = np.random.default_rng(1)
     _write(tmp_path / "db", rng, 300, 900, False, False)
@@ -119,7 +132,7 @@ def _first_leaf(path):
     """The byte offset in data.mdb of the first leaf page (found by the page reader)."""
     pages = PageMap(str(path))
     pages.take(_txnid(path), None, 1)
-    at = int(pages._snapshot.leaves[0]) * pages._snapshot.psize
+    at = int(pages._snapshot.leaves(pages, 0, 1)[0]) * pages._snapshot.psize
     pages.close()
     return at
 

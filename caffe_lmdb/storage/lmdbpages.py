@@ -52,14 +52,38 @@ _LEAF_GROUP = 1 << 14
 
 
 class _Snapshot:
-    """The leaves of one transaction's main database, in key order, and where a sequential
-    reader stopped (``end``: the key of the last value handed out, with its leaf and node)."""
+    """The tree of one transaction's main database: its leaves in key order, known through the
+    lowest level of branch pages (``parents``, with ``ends``, the running count of their
+    children), so that memory stays a 200th of the leaves' count; and where a sequential
+    reader stopped (``end``: the key of the last value handed out, its leaf and node)."""
 
-    __slots__ = ("txnid", "leaves", "entries", "psize", "end")
+    __slots__ = ("txnid", "psize", "last", "parents", "ends", "root", "count", "end", "_near")
 
-    def __init__(self, txnid, leaves, entries, psize):
-        self.txnid, self.leaves, self.entries, self.psize = txnid, leaves, entries, psize
+    def __init__(self, txnid, psize, last, root=None, parents=None, ends=None):
+        self.txnid, self.psize, self.last, self.root = txnid, psize, last, root
+        self.parents, self.ends = parents, ends
+        self.count = 0 if root is None else 1 if parents is None else int(ends[-1])
         self.end = None  # (key, leaf index, node index of the next value)
+        self._near = (0, 0, None)  # (first leaf, stop, page numbers) last read
+
+    def leaves(self, pages, i, j):
+        """Page numbers of leaves i .. j - 1 (fewer at the end); None when a parent is bad."""
+        j = min(j, self.count)
+        if i >= j:
+            return np.empty(0, np.int64)
+        if self.parents is None:
+            return np.array([self.root], np.int64)
+        first, stop, near = self._near
+        if not first <= i < j <= stop:  # the parents of leaves i .. j - 1, and a few after
+            a = int(np.searchsorted(self.ends, i, side="right"))
+            b = int(np.searchsorted(self.ends, j - 1, side="right")) + 1
+            b = min(len(self.parents), max(b, a + 8))
+            near = pages._children(self.parents[a:b], self.psize, self.last)
+            if near is None:
+                return None
+            first = int(self.ends[a - 1]) if a else 0
+            self._near = first, first + len(near), near
+        return near[i - first:j - first]
 
 
 class PageMap:
@@ -132,12 +156,20 @@ class PageMap:
         if flags or not self._ensure(last + 1, psize):
             return None  # duplicate-sort, integer or reverse keys: not read here
         if root == _INVALID or entries == 0:
-            leaves = np.empty(0, np.int64)
-        else:
-            leaves = self._leaves(root, depth, last, psize)
-            if leaves is None:
+            snap = _Snapshot(txnid, psize, last)
+        elif depth == 1:
+            snap = _Snapshot(txnid, psize, last, root)
+        else:  # the branch pages down to the leaves' parents
+            parents = np.array([root], np.int64)
+            for _ in range(depth - 2):
+                parents = self._children(parents, psize, last)
+                if parents is None:
+                    return None
+            checked = self._pages_ok(parents, last, _P_BRANCH, psize)
+            if checked is None:
                 return None
-        self._snapshot = snap = _Snapshot(txnid, leaves, entries, psize)
+            snap = _Snapshot(txnid, psize, last, root, parents, np.cumsum(checked[1]))
+        self._snapshot = snap
         return snap
 
     def _page_size(self):
@@ -180,21 +212,19 @@ class PageMap:
             return None
         return np.repeat(base, counts) + pointers
 
-    def _leaves(self, root, depth, last, psize):
-        """The leaf page numbers, left to right (None when the tree is not as expected)."""
-        level = np.array([root], np.int64)
+    def _children(self, parents, psize, last):
+        """Page numbers of the children of branch pages ``parents``, in order (None when one
+        is not a branch page as expected)."""
+        checked = self._pages_ok(parents, last, _P_BRANCH, psize)
+        if checked is None:
+            return None
+        nodes = self._nodes(*checked, psize)
+        if nodes is None:
+            return None
+        at = nodes >> 1
         u16 = self._u16
-        for _ in range(depth - 1):
-            checked = self._pages_ok(level, last, _P_BRANCH, psize)
-            if checked is None:
-                return None
-            nodes = self._nodes(*checked, psize)
-            if nodes is None:
-                return None
-            at = nodes >> 1
-            level = (u16[at].astype(np.int64) | u16[at + 1].astype(np.int64) << 16
-                     | u16[at + 2].astype(np.int64) << 32)
-        return level
+        return (u16[at].astype(np.int64) | u16[at + 1].astype(np.int64) << 16
+                | u16[at + 2].astype(np.int64) << 32)
 
     # -- values ---------------------------------------------------------------------------------
 
@@ -223,19 +253,21 @@ class PageMap:
             if found is None:
                 return None
             leaf, node = found
-        leaves, psize = snap.leaves, snap.psize
+        psize = snap.psize
         # read the headers of enough leaves for ``count`` values
         group = max(2, min(_LEAF_GROUP, (count + node) // 4 + 2))
         while True:
-            part = leaves[leaf:leaf + group]
+            part = snap.leaves(self, leaf, leaf + group)
+            if part is None:
+                return None
             if len(part) == 0:
                 return self._empty()
-            checked = self._pages_ok(part, len(self._u8) // psize - 1, _P_LEAF, psize)
+            checked = self._pages_ok(part, snap.last, _P_LEAF, psize)
             if checked is None:
                 return None
             base, counts = checked
             total = np.cumsum(counts)
-            if total[-1] >= node + count or leaf + group >= len(leaves):
+            if total[-1] >= node + count or leaf + group >= snap.count:
                 break
             group *= 2
         used = int(np.searchsorted(total, node + count)) + 1  # leaves holding the values
@@ -245,7 +277,7 @@ class PageMap:
             return None
         nodes = nodes[node:node + count]
         page_end = np.repeat(base + psize, counts)[node:node + count]
-        values = self._values(nodes, page_end, psize)
+        values = self._values(nodes, page_end, psize, snap.last)
         if values is None:
             return None
         offsets, sizes, key_at, key_len = values
@@ -260,7 +292,7 @@ class PageMap:
     def _empty(self):
         return self._u8, np.empty(0, np.int64), np.empty(0, np.int64), None
 
-    def _values(self, nodes, page_end, psize):
+    def _values(self, nodes, page_end, psize, last):
         """(offsets, sizes, key offsets, key sizes) of the values of leaf nodes ``nodes``."""
         u8, u16 = self._u8, self._u16
         at = nodes >> 1
@@ -273,10 +305,11 @@ class PageMap:
         if not ((flags == 0) | big).all():
             return None  # sub-databases or duplicates: not Caffe's, not read here
         if big.any():
+            if (data[big] + 8 > page_end[big]).any():
+                return None  # (the overflow page's number lies in the node)
             window = np.lib.stride_tricks.as_strided(u8, (len(u8) - 7, 8), (1, 1),
                                                      writeable=False)
             pages = window[data[big]].copy().view("<u8")[:, 0].astype(np.int64)
-            last = len(u8) // psize - 1
             if pages.min() < 2 or pages.max() > last:
                 return None
             heads = pages * psize
@@ -284,8 +317,8 @@ class PageMap:
             spans = np.lib.stride_tricks.as_strided(u16, (len(u16) - 1, 2), (2, 2),
                                                     writeable=False)[(heads + 12) >> 1]
             span = (spans[:, 0].astype(np.int64) | spans[:, 1].astype(np.int64) << 16) * psize
-            if not (kinds == _P_OVERFLOW).all() or \
-                    (sizes[big] + _HEADER > span).any() or (heads + span).max() > len(u8):
+            if not (kinds == _P_OVERFLOW).all() or (sizes[big] + _HEADER > span).any() \
+                    or (heads + span).max() > (last + 1) * psize:
                 return None
             data[big] = heads + _HEADER
             inline = ~big
@@ -298,18 +331,24 @@ class PageMap:
     def _find(self, snap, key):
         """(leaf index, node index) just after ``key``; None when it is not in the tree."""
         psize = snap.psize
-        leaves = snap.leaves
-        if not len(leaves):
+        if not snap.count:
             return None
+
+        def leaf_base(i):
+            leaf = snap.leaves(self, i, i + 1)
+            if leaf is None or not len(leaf):
+                raise ValueError("a bad branch page")  # (take: the cursor reads it)
+            return int(leaf[0]) * psize
+
         # binary search over the leaves' first keys (each leaf read once on the way)
-        lo, hi = 0, len(leaves) - 1
+        lo, hi = 0, snap.count - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._key(leaves[mid] * psize, 0) <= key:
+            if self._key(leaf_base(mid), 0) <= key:
                 lo = mid
             else:
                 hi = mid - 1
-        base = int(leaves[lo]) * psize
+        base = leaf_base(lo)
         count = (int(self._u16[(base + 12) >> 1]) - _HEADER) >> 1
         for j in range(count):
             k = self._key(base, j)
