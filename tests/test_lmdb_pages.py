@@ -179,9 +179,9 @@ def _no_cursor_runs(monkeypatch):
 @pytest.mark.parametrize("shape,floats", [((1, 28, 28), False), ((3, 32, 32), False),
                                           ((4096, 1, 1), True), ((10, 1, 1), True)])
 def test_batches_read_from_the_pages(tmp_path, monkeypatch, shape, floats):
-    """A sequential pass (batches, scan) over pixel and float records, small (leaf pages) and
-    large (overflow pages), with labels of 1 to 3 bytes, reads the pages, not the cursor, and
-    gives the records' own arrays and labels."""
+    """A sequential pass (batches, low-memory batches, scan) over pixel and float records,
+    small (leaf pages) and large (overflow pages), with labels of 1 to 3 bytes, reads the
+    pages, not the cursor, and gives the records' own arrays and labels."""
     rng = np.random.default_rng(7)
     n = 700
     labels = np.concatenate([np.arange(300), 20000 + np.arange(200), np.arange(200) * 3])
@@ -197,6 +197,10 @@ def test_batches_read_from_the_pages(tmp_path, monkeypatch, shape, floats):
     try:
         for size in (64, 256, n):
             got = list(db.batches(size))
+            assert np.array_equal(np.concatenate([g for g, _ in got]), arrays)
+            assert np.concatenate([lab for _, lab in got]).tolist() == labels.tolist()
+            # the low-memory mode too (its batch decoded a quarter at a time)
+            got = [(g.copy(), lab.copy()) for g, lab in db.batches(size, reuse=True)]
             assert np.array_equal(np.concatenate([g for g, _ in got]), arrays)
             assert np.concatenate([lab for _, lab in got]).tolist() == labels.tolist()
         start = 0

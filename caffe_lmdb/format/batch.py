@@ -228,6 +228,11 @@ class JoinedValues(Sequence):
             self._offsets = np.cumsum(lengths) - lengths
         return self._offsets
 
+    def part(self, a, b):
+        """Records a .. b - 1, in the same buffer (nothing copied)."""
+        return JoinedValues(self.buffer, self.sizes[a:b], self.offsets()[a:b],
+                            self.lengths()[a:b])
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]

@@ -737,9 +737,12 @@ class DatumDB:
         with self.begin(buffers=reuse or not self._small) as txn:
             if not reuse:
                 chunks = [self._gather_range(txn, start, count, follow)]
-            else:  # low-memory mode: gather and decode a third of the batch at a time
-                chunks = self._gather_chunks(txn, start, count, _low_memory_step(count),
-                                             follow)
+            else:  # low-memory mode: gather and decode a quarter of the batch at a time
+                step = _low_memory_step(count)
+                mapped = self._take_mapped(txn, start, count, follow)  # (no copy to split)
+                chunks = self._gather_chunks(txn, start, count, step, follow) \
+                    if mapped is None else [mapped.part(a, a + step)
+                                            for a in range(0, count, step)]
             return self._decode_values(chunks, keys, count, fresh=False, reuse=reuse,
                                        transform=transform, recyclers=recyclers)
 
@@ -799,12 +802,9 @@ class DatumDB:
         database is open) when the engine can; else one cursor run: small values joined (valid
         until this thread's next gathering), large ones (and AnnotatedDatum, unwrapped) as
         buffers into the map (valid in ``txn``)."""
-        size, encoded = self._first
-        if self.kind == "datum" and size <= _MAPPED_VALUE and not encoded \
-                and hasattr(txn, "take"):
-            mapped = self._take_mapped(txn, start, count, follow)
-            if mapped is not None:
-                return mapped
+        mapped = self._take_mapped(txn, start, count, follow)
+        if mapped is not None:
+            return mapped
         joiner = self._joiner() if self._small and self.kind == "datum" else None
         chunks = list(self._gather_chunks(txn, start, count, max(count, 1), follow, joiner))
         return chunks[0] if chunks else []
@@ -812,6 +812,9 @@ class DatumDB:
     def _take_mapped(self, txn, start, count, follow):
         """_gather_range from the database file's pages (see storage.lmdbpages), in the same
         order and from the same key as the cursor run; None when they cannot be read so."""
+        size, encoded = self._first
+        if self.kind != "datum" or size > _MAPPED_VALUE or encoded or not hasattr(txn, "take"):
+            return None
         if follow is not None and follow.stop == start:
             after = follow.key
         else:
