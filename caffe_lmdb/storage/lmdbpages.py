@@ -236,7 +236,7 @@ class PageMap:
         with self._lock:
             try:
                 return self._take(txnid, after, count)
-            except (OSError, ValueError, IndexError, struct.error):
+            except (OSError, ValueError, IndexError, TypeError, OverflowError, struct.error):
                 self.close()  # an unreadable or changing file: the cursor reads this one
                 return None
 
