@@ -782,10 +782,7 @@ class DatumDB:
             for values in _take(it, count, step, lambda: _changed(self.path, first), joiner):
                 yield self._inner(values)
             return
-        if follow is not None and follow.stop == start:
-            after = follow.key  # None at position 0: from the first key
-        else:
-            after = self._keys(start)[start - 1] if start else None
+        after = self._run_after(start, follow)
         run = txn.run(after)
         if run is None:
             _changed(self.path, after)
@@ -815,19 +812,23 @@ class DatumDB:
         size, encoded = self._first
         if self.kind != "datum" or size > _MAPPED_VALUE or encoded or not hasattr(txn, "take"):
             return None
-        if follow is not None and follow.stop == start:
-            after = follow.key
-        else:
-            after = self._keys(start)[start - 1] if start else None
-        got = txn.take(after, count)
+        got = txn.take(self._run_after(start, follow), count)
         if got is None:
             return None
         base, offsets, sizes, last = got
         if len(offsets) != count:  # the database ended first: it changed since it was opened
             _changed(self.path, self._unchecked()[start])
         if follow is not None:
-            follow.stop, follow.key = start + count, last if count else after
+            follow.stop, follow.key = start + count, last
         return JoinedValues(memoryview(base), sizes.tolist(), offsets, sizes)
+
+    def _run_after(self, start, follow):
+        """The key after which the run of position ``start`` begins (None: the first key):
+        where a sequential pass stopped (``follow``, see _gather_chunks), else the key of
+        position ``start - 1`` in the index, checked up to it."""
+        if follow is not None and follow.stop == start:
+            return follow.key
+        return self._keys(start)[start - 1] if start else None
 
     def _joiner(self):
         """This thread's ValueJoiner (a joined run is valid until the thread's next one)."""
