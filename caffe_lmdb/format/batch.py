@@ -143,11 +143,11 @@ _MASKS.update({(size, rest): np.array([0xFF] + [0x80] * size + [0xFF] * rest, _U
 
 
 _U64 = np.dtype("<u8")
+#: the constants of the 64-bit tail parse, as NumPy words
 _W = {k: np.uint64(k) for k in (0, 3, 7, 8, 14, 16, 24, 0x7F, 0xFF, 0xFFFF, 0x28, 0x38)}
-
-
-_WORD_MASKS = {key: np.uint64(int.from_bytes(mask.tobytes().ljust(8, b"\0"), "little"))
-               for key, mask in _MASKS.items()}
+#: _simple_tail's structure masks as 64-bit words, by the mask's bytes
+_WORD_MASKS = {mask.tobytes(): np.uint64(int.from_bytes(mask.tobytes().ljust(8, b"\0"),
+                                                         "little")) for mask in _MASKS.values()}
 
 
 def _tail_labels(tails, tail_len, head_label, equal=False):
@@ -165,7 +165,7 @@ def _tail_labels(tails, tail_len, head_label, equal=False):
     if simple is not None:  # one layout for all: the first record's, read at fixed places
         mask, size = simple
         if len(mask):
-            word_mask = _WORD_MASKS[size, len(mask) - 1 - size if size else len(mask)]
+            word_mask = _WORD_MASKS[mask.tobytes()]
             if not ((words & word_mask) == (words[0] & word_mask)).all():
                 return None
         if size == 0:
@@ -174,6 +174,8 @@ def _tail_labels(tails, tail_len, head_label, equal=False):
         if size == 2:
             labels |= (words >> w[16] & w[0x7F]) << w[7]
         return labels.astype(np.int64)
+    # tails of several layouts: each `28 <label of 1 to 3 bytes>` or nothing, then perhaps
+    # `38 00`, told apart by the tag and the varint's continuation bits
     b1, b2, b3 = (words >> w[8]) & w[0xFF], (words >> w[16]) & w[0xFF], (words >> w[24]) & w[0xFF]
     labelled = ((words & w[0xFF]) == w[0x28]) & (tail_len >= 2)
     more1 = (b1 >> w[7]) * labelled  # continuation bits: a label of 2 and 3 bytes
@@ -301,14 +303,12 @@ class _Stage:
                                        (int(lengths[a]), 1))
             return rows
         last = len(base) - width  # rows starting after it would run off the buffer
+        window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
+                                                 writeable=False)
         if joined.adjacent or offsets.max() <= last:
-            window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
-                                                     writeable=False)
             rows[:] = window[offsets]  # (np.take would first copy the whole window)
             return rows
         near = offsets > last  # (the last records of a file's map)
-        window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
-                                                 writeable=False)
         rows[~near] = window[offsets[~near]]
         for i in np.flatnonzero(near).tolist():
             part = base[offsets[i]:]
