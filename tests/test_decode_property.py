@@ -379,16 +379,23 @@ def test_joined_runs_agree_with_decode(data):
     """Records joined by a ValueJoiner, in runs of different lengths (labels of 1, 2 and 3
     bytes, no label, encoded=false or absent), one byte perhaps changed: the batch equals the
     records decoded one by one, or fails on the first that fails alone or differs in shape."""
-    from caffe_lmdb.format.batch import BatchDecoder, ValueJoiner
+    from caffe_lmdb.format.batch import ValueJoiner
 
     bufs = _runs_of_records(data)
+    batch_agrees_with_one_by_one(bufs, ValueJoiner().take(iter(bufs), len(bufs)))
+
+
+def batch_agrees_with_one_by_one(bufs, values):
+    """``values`` (the records ``bufs`` as the reader hands them over) decode as one batch to
+    what ``bufs`` give one by one, or fail as the first that fails alone or differs."""
+    from caffe_lmdb.format.batch import BatchDecoder
+
     singles, failure = one_by_one(bufs, same_dtype=True)
-    joined = ValueJoiner().take(iter(bufs), len(bufs))
     if failure is not None:
         with pytest.raises(failure):
-            BatchDecoder().decode(joined)
+            BatchDecoder().decode(values)
         return
-    images, labels = BatchDecoder().decode(joined)
+    images, labels = BatchDecoder().decode(values)
     assert labels.tolist() == [label for _, label in singles]
     assert np.array_equal(images, np.stack([arr for arr, _ in singles]))
 

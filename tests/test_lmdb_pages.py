@@ -14,7 +14,7 @@ import pytest
 from conftest import LMDB_FIXTURES, read_lmdb
 from hypothesis import given
 from hypothesis import strategies as st
-from test_decode_property import SETTINGS, _runs_of_records, one_by_one
+from test_decode_property import SETTINGS, _runs_of_records, batch_agrees_with_one_by_one
 
 import caffe_lmdb
 from caffe_lmdb.errors import DamagedDBError, DatumDecodeError
@@ -299,14 +299,7 @@ def test_records_apart_agree_with_decode(data):
     bufs = _runs_of_records(data)
     values = _apart(data, bufs)
     assert [bytes(v) for v in values] == bufs
-    singles, failure = one_by_one(bufs, same_dtype=True)
-    if failure is not None:
-        with pytest.raises(failure):
-            BatchDecoder().decode(values)
-        return
-    images, labels = BatchDecoder().decode(values)
-    assert labels.tolist() == [label for _, label in singles]
-    assert np.array_equal(images, np.stack([arr for arr, _ in singles]))
+    batch_agrees_with_one_by_one(bufs, values)
 
 
 def test_records_apart_take_the_strided_path(monkeypatch):
