@@ -72,6 +72,14 @@ def test_pages_agree_with_the_cursor_on_caffes_databases(fixtures, name):
     assert n > 0
 
 
+def test_pages_agree_with_the_cursor_on_the_other_real_databases(fixtures):
+    """The SSD fork's AnnotatedDatum databases and the Data layer's transform fixtures."""
+    folders = sorted(p.parent for p in fixtures.glob("*/*/data.mdb"))
+    assert len(folders) >= 10
+    for folder in folders:
+        assert _agrees_with_cursor(folder, [2, 5]) > 0, folder
+
+
 def _write(path, rng, n, max_size, shuffled, rewrite, key_size=8):
     env = lmdb.open(str(path), map_size=1 << 30)
     keys = [(b"%08d" % i).ljust(key_size, b"k") for i in range(n)]
