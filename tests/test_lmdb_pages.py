@@ -145,11 +145,11 @@ def _first_leaf(path):
     return at
 
 
-@pytest.mark.parametrize("damage", ["flags", "pointer", "size"])
+@pytest.mark.parametrize("damage", ["flags", "pointer", "size", "number"])
 def test_damaged_pages_go_to_the_cursor(tmp_path, damage):
     """A leaf page that is not as expected (wrong kind, a node pointer out of the page, a value
-    running past its page): the page reader refuses it, and the reader gives what the cursor
-    gives (LMDB's own error, or the same records)."""
+    running past its page, another page's number in its header): the page reader refuses
+    it, and the reader gives what the cursor gives (LMDB's own error, or the same records)."""
     path = tmp_path / "db"
     with caffe_lmdb.DatumWriter(str(path)) as writer:
         for i in range(40):
@@ -162,6 +162,8 @@ def test_damaged_pages_go_to_the_cursor(tmp_path, damage):
             page[10] = 0x04  # an overflow page where a leaf is expected
         elif damage == "pointer":
             page[16:18] = (4094).to_bytes(2, "little")  # node header past the page's end
+        elif damage == "number":
+            page[0:8] = (7).to_bytes(8, "little")  # another page's copy (a stale block)
         else:
             node = int.from_bytes(page[16:18], "little")
             page[node + 2:node + 4] = (1).to_bytes(2, "little")  # size + 64 KiB

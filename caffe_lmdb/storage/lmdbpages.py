@@ -184,11 +184,13 @@ class PageMap:
     # -- the tree -------------------------------------------------------------------------------
 
     def _pages_ok(self, pages, last, kind, psize):
-        """Every page number is in the file and its page is of ``kind``; returns (bases,
-        counts of nodes) or None."""
+        """Every page number is in the file, its page says it is that page and is of
+        ``kind``; returns (bases, counts of nodes) or None."""
         if len(pages) == 0 or pages.min() < 2 or pages.max() > last:
             return None
         base = pages * psize
+        if not self._numbered(base, pages):
+            return None
         u16 = self._u16
         flags = u16[(base + 10) >> 1] & _P_KINDS
         lower = u16[(base + 12) >> 1].astype(np.int64)
@@ -196,6 +198,12 @@ class PageMap:
                 or (lower & 1).any():
             return None
         return base, (lower - _HEADER) >> 1
+
+    def _numbered(self, base, pages):
+        """The pages at ``base`` hold their own numbers ``pages`` in their headers."""
+        window = np.lib.stride_tricks.as_strided(self._u16, (len(self._u16) - 3, 4), (2, 2),
+                                                 writeable=False)
+        return bool((window[base >> 1].copy().view("<u8")[:, 0] == pages).all())
 
     def _nodes(self, base, counts, psize):
         """Offsets of the nodes of the pages at ``base`` (their ``counts``), in page order and
@@ -313,6 +321,8 @@ class PageMap:
             if pages.min() < 2 or pages.max() > last:
                 return None
             heads = pages * psize
+            if not self._numbered(heads, pages):
+                return None
             kinds = u16[(heads + 10) >> 1] & _P_KINDS
             spans = np.lib.stride_tricks.as_strided(u16, (len(u16) - 1, 2), (2, 2),
                                                     writeable=False)[(heads + 12) >> 1]
