@@ -6,22 +6,24 @@ is plain: every value of the main database sits in a leaf page (or, when large, 
 pages the leaf points to), and the leaves, read left to right through the branch pages, hold
 the records in key order. :class:`PageMap` reads those pages through a read-only memory map of
 ``data.mdb`` with NumPy, many pages per call, and hands out where each value lies (offsets
-and sizes into the map), so that a batch decoder can gather the values straight from the file.
+and sizes into the map), so that a batch decoder can read the values where they lie.
 
 It reads the snapshot of one read transaction: the meta page whose transaction id is the
 transaction's (so the pages it walks are the ones LMDB's cursor would walk). Anything it does
-not expect (another data version or byte order, a 32-bit build, duplicate-sort or named
-databases, a page of the wrong kind, a pointer out of its page, a count that disagrees with
-LMDB's) makes it answer None, and the caller reads through the cursor instead, which reports
-damage in LMDB's own words. It never writes and never trusts an offset it has not checked
-against the map's size.
+not expect (another data version or byte order, a 32-bit build, database flags such as
+duplicate-sort or integer keys, named databases, a page number past the transaction's last
+page, a page whose header names another page or is of the wrong kind, a pointer or a value
+outside its page, an overflow run too short for its value) makes it answer None, and the caller
+reads through the cursor instead, which reports damage in LMDB's own words. It never writes and
+never trusts an offset it has not checked against the pages and the map's size.
 
 Facts of the format used here (LMDB's mdb.c, 64-bit): a page starts with a 16-byte header
 (page number, 2 bytes of padding, flags, then ``lower`` and ``upper``, the ends of the node
 pointer array and of the free space); the node pointers (2 bytes each, offsets in the page)
 follow it. A node is ``lo, hi, flags, ksize`` (2 bytes each), the key, then the data: in a leaf
 the data size is ``lo | hi << 16``, and a node flagged BIGDATA holds instead the 8-byte number
-of the overflow page whose header (16 bytes) the value follows; in a branch the child's page
+of the overflow page whose header (16 bytes; its ``lower`` and ``upper`` read as one count
+of pages) the value follows; in a branch the child's page
 number is ``lo | hi << 16 | flags << 32``. Meta pages 0 and 1 hold, after the page header, the
 magic 0xBEEFC0DE, the data version, and the records of the free and main databases (the free
 one's first field is the page size), the last page number and the transaction id.
