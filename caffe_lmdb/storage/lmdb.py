@@ -267,9 +267,10 @@ class LMDBTxn:
         ``(base, offsets, sizes, last key)`` (see :class:`~.lmdbpages.PageMap`), fewer when
         the database ends first; None when the pages cannot be read that way here (use
         :meth:`run`)."""
-        if self.pages is None:
+        txnid = getattr(self.txn, "id", None)  # (py-lmdb's Transaction.id: the snapshot's)
+        if self.pages is None or txnid is None:
             return None
-        return self.pages.take(self.txn.id(), after, count)
+        return self.pages.take(txnid(), after, count)
 
     def bounds(self):
         """``(entries, first key, last key)`` of this view, from LMDB's statistics and the two
