@@ -284,24 +284,17 @@ class _Stage:
         joined = self.joiner.take(iter(parts), len(parts))
         return joined.buffer[:-_TAIL]
 
-    def gather(self, joined, lengths, width):
+    def gather(self, joined, width):
         """The records of ``joined`` (a JoinedValues) as rows of ``width`` bytes (each padded
-        with the bytes that follow it), in a reused array: one strided copy per run of records
-        of one size (records sorted by label come in long runs), else one gather."""
-        n = len(lengths)
+        with the bytes that follow it), in a reused array, by one gather (a row that would run
+        off the buffer's end copied alone)."""
+        n = len(joined)
         rows = self.rows
         if rows.shape[1] != width or len(rows) < n:
             self.rows = rows = np.empty((max(n, len(rows)), width), _U8)
         rows = rows[:n]
         base = np.frombuffer(joined.buffer, _U8)
         offsets = joined.offsets()
-        starts = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
-        if joined.adjacent and len(starts) <= n // 64:
-            bounds = [0, *starts.tolist(), n]
-            for a, b in zip(bounds, bounds[1:], strict=False):
-                rows[a:b] = np.ndarray((b - a, width), _U8, base, int(offsets[a]),
-                                       (int(lengths[a]), 1))
-            return rows
         last = len(base) - width  # rows starting after it would run off the buffer
         window = np.lib.stride_tricks.as_strided(base, (last + 1, width), (1, 1),
                                                  writeable=False)
@@ -374,13 +367,15 @@ def _slabs(runs, a, b):
 
 def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     """Vectorized decode of records that share the header of the first (same fields and shape
-    up to the payload) and end in one of Caffe's usual tails. One join (records whose lengths
-    differ, e.g. labels of 1 and 2 bytes, padded to one width), one strided view, one comparison
-    of the headers, one copy of the payloads (split across cores when large).
-    Returns False when any record differs, or the first is bad: the caller then parses (and
-    writes) every record one by one. ``f0`` is the parse of the first record; ``dtype``, when
-    not None, is the dtype every record must hold. ``stage``: a :class:`_Stage` to join the
-    records into."""
+    up to the payload) and end in one of Caffe's usual tails. The records are seen as rows of
+    one width (each row a record and the bytes after it) in a few regular runs of strided views:
+    records joined end to end (one run per length: labels of 1 and 2 bytes differ in length),
+    records where they lie in a file's map (see _map_runs), else rows gathered or joined into one
+    buffer. Per run, one comparison of the headers; one parse of all tails (labels); one copy of
+    the payloads (split across cores when large). Returns False when any record differs, or
+    the first is bad: the caller then parses (and writes) every record one by one. ``f0`` is
+    the parse of the first record; ``dtype``, when not None, is the dtype every record must
+    hold. ``stage``: a :class:`_Stage` to join the records into."""
     try:
         shape = shape_of(f0)
     except DatumDecodeError:
@@ -414,14 +409,15 @@ def _decode_uniform(buffers, f0, out, labels_out, dtype, stage=None):
     if joined and equal and adjacent:  # already joined, and padded at the end
         source = buffers.buffer
         runs = [(0, n, 0, 0, n, sizes[0])]
-    elif joined and adjacent and f0.data is not None \
-            and (bounds := _few_runs(lengths)) is not None:
-        return _decode_runs(buffers, bounds, lengths, f0, head, tail_at, tail_len, out,
-                            labels_out)
+    elif joined and adjacent and (bounds := _few_runs(lengths)) is not None:
+        source = buffers.buffer  # joined in a few runs of one length: a strided view each
+        starts = buffers.offsets()[bounds[:-1]].tolist()
+        runs = [(a, b, at, 0, b - a, int(lengths[a]))
+                for a, b, at in zip(bounds, bounds[1:], starts, strict=False)]
     elif joined and not adjacent and (runs := _map_runs(buffers, width)):
         source = buffers.buffer  # records apart in a file's map, laid out regularly: no copy
     elif joined and stage is not None:  # joined, of different sizes: the rows gathered
-        source = stage.gather(buffers, lengths, width)
+        source = stage.gather(buffers, width)
     elif equal:  # rows one record apart; the padding keeps the last row's tail window in range
         parts = [*buffers, _PAD]
         # (a join of a MiB or more goes into the stage: fresh memory that size costs faults)
@@ -489,95 +485,12 @@ def _flat_slabs(lo, hi, at, shape, strides):
         yield lo + k * count, lo + (k + 1) * count, at + k * strides[0], strides[1]
 
 
-_SEAM_MASKS: dict = {}
-
-
-def _seam_mask(mask, head):
-    """``mask`` (a tail's structure mask) followed by ``head`` bytes of 0xFF (kept whole)."""
-    key = (mask.tobytes(), head)
-    seam = _SEAM_MASKS.get(key)
-    if seam is None:
-        seam = np.concatenate([mask, np.full(head, 0xFF, _U8)])
-        if len(_SEAM_MASKS) < 64:
-            _SEAM_MASKS[key] = seam
-    return seam
-
-
 def _few_runs(lengths):
     """The starts of the runs of equal lengths in ``lengths``, when there are few of them (at
     most one per 64 records: records sorted by label come in long runs), else None."""
     n = len(lengths)
     cuts = np.flatnonzero(lengths[1:] != lengths[:-1])
     return None if len(cuts) > n // 64 else [0, *(cuts + 1).tolist(), n]
-
-
-def _decode_runs(joined, bounds, lengths, f0, head, tail_at, tail_len, out, labels_out):
-    """_decode_uniform's path for pixel records of a few runs of equal lengths (labels of
-    different varint lengths) joined in one buffer: each run is read through strided views of
-    the buffer (a run's records are one length apart), its payloads copied straight into
-    ``out``. The tail of a record and the head of the next are adjacent: one view of both per
-    run checks the head of every record after the run's first against the batch's first head,
-    and every tail against the run's first tail (Caffe's usual tails only); each run's first
-    head and the batch's last tail are checked alone."""
-    n = len(lengths)
-    base = np.frombuffer(joined.buffer, _U8)
-    runs = list(zip(bounds, bounds[1:], joined.offsets()[bounds[:-1]].tolist(),
-                    lengths[bounds[:-1]].tolist(), strict=False))
-    head0 = bytes(base[:head])
-    labels = labels_out if labels_out.flags.writeable else np.empty(n, np.int64)
-    for x, y, at, step in runs:
-        if joined.buffer[at:at + head] != head0:  # (the seams check the heads after it)
-            return False
-        first = bytes(joined.buffer[at + tail_at:at + step])
-        simple = _simple_tail(first)
-        if simple is None:  # (a label of three bytes): heads one view, tails the general parse
-            if not (np.ndarray((y - x, head), _U8, base, at, (step, 1)) == base[:head]).all():
-                return False
-            run = _tail_labels(np.ndarray((y - x, _TAIL), _U8, base, at + tail_at, (step, 1)),
-                               tail_len[x:y], None)
-            if run is None:
-                return False
-            labels[x:y] = run
-            continue
-        mask, size = simple
-        width = len(mask) + head
-        m = y - x if y < n else y - x - 1  # rows whose next record follows in the buffer
-        if m:  # each row: a record's tail, then the next record's head
-            seams = np.ndarray((m, width), _U8, base, at + tail_at, (step, 1))
-            want = np.frombuffer(first + head0, _U8)
-            if len(mask):
-                seams = seams & _seam_mask(mask, head)
-                want = want & _seam_mask(mask, head)
-            if not (seams == want).all():
-                return False
-        if y == n:  # the last record: its tail alone (its head ends the row before)
-            last = _simple_tail(bytes(joined.buffer[at + m * step + tail_at:at + (m + 1) * step]))
-            if last is None or last[0] is not mask:
-                return False
-        tails = np.ndarray((y - x, len(mask)), _U8, base, at + tail_at, (step, 1))
-        if size == 0:  # no label after the payload: each has the run's first record's
-            labels[x:y] = parse_datum(joined.buffer[at:at + step]).label
-        elif size == 1:
-            labels[x:y] = tails[:, 1]
-        else:
-            labels[x:y] = tails[:, 2]
-            labels[x:y] <<= 7
-            labels[x:y] |= tails[:, 1] & 0x7F
-    size = tail_at - head
-    flat = out.reshape(n, -1)
-
-    def rows_of(a, b):
-        for x, y, at, step in runs:
-            lo, hi = max(x, a), min(y, b)
-            if lo < hi:
-                flat[lo:hi] = np.ndarray((hi - lo, size), _U8, base, at + (lo - x) * step + head,
-                                         (step, 1))
-        return True
-
-    _split_rows(rows_of, n, n * size)
-    if labels is not labels_out:
-        labels_out[...] = labels
-    return True
 
 
 def _float_tags_ok(source, offset, stride, n, count):
