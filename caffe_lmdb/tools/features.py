@@ -88,9 +88,10 @@ def _shape(db):
 
 
 def _chunk_records(db):
-    """Records per chunk: about 16 MiB of values, at most 1024 records (the decoder joins a
-    chunk's values into one buffer and splits its decoding across cores: each chunk pays a
-    fixed cost, which on 4 MiB chunks of 4,096-float records was a tenth of the time)."""
+    """Records per chunk: about 16 MiB of values, at most 1024 records (the decoder reads a
+    chunk's values where they lie in the file, or joined in one buffer, and splits its decoding
+    across cores: each chunk pays a fixed cost, which on 4 MiB chunks of 4,096-float records
+    was a tenth of the time)."""
     with db.begin() as txn:
         size = len(txn.get(db.keys()[0]))
     return min(_CHUNK, max(16, (16 << 20) // max(size, 1)))
